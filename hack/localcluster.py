@@ -1,0 +1,496 @@
+"""A real, local Kubernetes control plane from the binaries hack/build-tools.sh built.
+
+etcd, kube-apiserver (RBAC on, token auth), kube-controller-manager, kube-scheduler and kwok with two
+fake GPU nodes, all on 127.0.0.1. Used by the pytest fixtures, the demo and `make cluster-up`:
+
+    python hack/localcluster.py up [--dir .cluster] [--port 6443]   # prints the kubeconfig path
+    python hack/localcluster.py down [--dir .cluster]
+    python hack/localcluster.py status [--dir .cluster]
+
+Standard library only, so it runs before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HACK_DIR = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+SERVICE_CIDR = "10.96.0.0/16"
+
+# The fake GPU nodes kwok keeps alive: name -> nvidia.com/gpu.product label.
+GPU_NODES = {
+    "gpu-h100-0": "NVIDIA-H100-80GB-HBM3",
+    "gpu-a100-0": "NVIDIA-A100-SXM4-80GB",
+}
+
+
+class ClusterError(RuntimeError):
+    """One clear, actionable message about why the control plane could not start or stop."""
+
+
+# ---------------------------------------------------------------------------------------------- tools
+
+
+def read_versions(path: Path = HACK_DIR / "versions.env") -> dict[str, str]:
+    """Parse hack/versions.env (KEY=VALUE lines, # comments)."""
+    versions: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            versions[key.strip()] = value.strip()
+    return versions
+
+
+def cache_root() -> Path:
+    """Where build-tools.sh puts binaries; the same rule as the script."""
+    if "TRTREFIT_CACHE" in os.environ:
+        return Path(os.environ["TRTREFIT_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "trtrefit"
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Absolute paths of the built binaries."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kwok: Path
+    helm: Path
+
+    @classmethod
+    def from_cache(cls, root: Path | None = None) -> Tools:
+        """Locate the binaries; refuses a tool directory whose build did not finish."""
+        root = root or cache_root()
+        v = read_versions()
+        dirs = {
+            "kubernetes": root / f"kubernetes-{v['KUBERNETES_VERSION']}",
+            "etcd": root / f"etcd-{v['ETCD_VERSION']}",
+            "kwok": root / f"kwok-{v['KWOK_VERSION']}",
+            "helm": root / f"helm-{v['HELM_VERSION']}",
+        }
+        missing = [str(d) for d in dirs.values() if not (d / ".complete").is_file()]
+        if missing:
+            raise ClusterError(
+                "control-plane binaries are not built: " + ", ".join(missing)
+                + ". Run `make tools` (or hack/build-tools.sh) first; the first build takes tens of minutes."
+            )
+        kube = dirs["kubernetes"]
+        return cls(
+            etcd=dirs["etcd"] / "etcd",
+            kube_apiserver=kube / "kube-apiserver",
+            kube_controller_manager=kube / "kube-controller-manager",
+            kube_scheduler=kube / "kube-scheduler",
+            kubectl=kube / "kubectl",
+            kwok=dirs["kwok"] / "kwok",
+            helm=dirs["helm"] / "helm",
+        )
+
+    @property
+    def bin_dirs(self) -> list[Path]:
+        return sorted({p.parent for p in (self.etcd, self.kubectl, self.kwok, self.helm)})
+
+
+# ---------------------------------------------------------------------------------------------- ports
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_port_free(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise ClusterError(
+                f"port {port} on {LOOPBACK} ({what}) is already in use: stop what holds it "
+                f"(another local cluster? `make cluster-down`) or choose another port with --port"
+            ) from exc
+
+
+# ---------------------------------------------------------------------------------------------- pki
+
+
+def _openssl(*args: str) -> None:
+    try:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    except FileNotFoundError as exc:
+        raise ClusterError("openssl is not installed: apt-get install openssl") from exc
+    except subprocess.CalledProcessError as exc:
+        raise ClusterError(f"openssl {args[0]} failed: {exc.stderr.decode().strip()}") from exc
+
+
+def make_pki(pki: Path) -> None:
+    """CA, the API server's serving certificate, the service-account key pair. Kept across restarts."""
+    if (pki / ".complete").is_file():
+        return
+    pki.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = pki / "ca.key", pki / "ca.crt"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=trtrefit-local-ca",
+             "-keyout", str(ca_key), "-out", str(ca_crt))
+    sans = ",".join([
+        f"IP:{LOOPBACK}", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
+    ])
+    csr = pki / "apiserver.csr"
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
+             "-addext", f"subjectAltName={sans}", "-keyout", str(pki / "apiserver.key"), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-days", "3650", "-copy_extensions", "copyall", "-out", str(pki / "apiserver.crt"))
+    _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+    _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+    (pki / "admin.token").write_text(secrets.token_hex(24))
+    (pki / ".complete").touch()
+
+
+def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: str = "admin") -> None:
+    """A kubeconfig for `user` with a bearer token (JSON is valid YAML)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "trtrefit-local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "trtrefit-local", "context": {"cluster": "trtrefit-local", "user": user}}],
+        "current-context": "trtrefit-local",
+    }
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+
+
+# ---------------------------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class LocalCluster:
+    """One control plane rooted at `workdir` (certs, etcd data, logs, pids, kubeconfig)."""
+
+    workdir: Path
+    tools: Tools
+    apiserver_port: int = 0  # 0: pick a free one
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def token(self) -> str:
+        return (self.pki / "admin.token").read_text().strip()
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def server(self) -> str:
+        return f"https://{LOOPBACK}:{self.ports['apiserver']}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "pids.json"
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses: KUBECONFIG and the built tools first on PATH."""
+        path = os.pathsep.join([*(str(d) for d in self.tools.bin_dirs), os.environ.get("PATH", "")])
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every component and wait until the API is ready and both GPU nodes are Ready."""
+        if self.running_pids():
+            raise ClusterError(f"a cluster from {self.workdir} is already running: `make cluster-down` first")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        make_pki(self.pki)
+        if self.apiserver_port:
+            ensure_port_free(self.apiserver_port, "kube-apiserver")
+        self.ports = {
+            "apiserver": self.apiserver_port or free_port(),
+            "etcd": free_port(),
+            "etcd_peer": free_port(),
+            "controller_manager": free_port(),
+            "scheduler": free_port(),
+        }
+        write_kubeconfig(self.kubeconfig, self.server, self.ca_file, self.token)
+        (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        deadline = time.monotonic() + timeout
+        pids: dict[str, int] = {}
+        try:
+            pids["etcd"] = self._spawn("etcd", self._etcd_args())
+            self._save(pids)
+            pids["kube-apiserver"] = self._spawn("kube-apiserver", self._apiserver_args())
+            self._save(pids)
+            self._wait_ready(deadline, pids)
+            for name, args in self._controller_args().items():
+                pids[name] = self._spawn(name, args)
+            self._save(pids)
+            self._create_gpu_nodes()
+            self._wait_nodes_ready(deadline, pids)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every component (newest first), SIGKILL what is left after `grace` seconds."""
+        pids = self.running_pids()
+        for pid in reversed(list(pids.values())):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(_alive(p) for p in pids.values()):
+            time.sleep(0.1)
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for pid in pids.values():
+            _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+
+    def running_pids(self) -> dict[str, int]:
+        """Components from the pid file that are still alive and still ours (pids get reused)."""
+        if not self.pid_file.is_file():
+            return {}
+        saved: dict[str, int] = json.loads(self.pid_file.read_text())["pids"]
+        return {name: pid for name, pid in saved.items() if _alive(pid) and _cmdline_has(pid, str(self.workdir))}
+
+    def load_ports(self) -> None:
+        """Read back the ports of a cluster that another process started."""
+        self.ports = json.loads(self.pid_file.read_text())["ports"]
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _save(self, pids: dict[str, int]) -> None:
+        self.pid_file.write_text(json.dumps({"pids": pids, "ports": self.ports}))
+
+    def _spawn(self, name: str, args: list[str]) -> int:
+        log = (self.workdir / "logs" / f"{name}.log").open("ab")
+        # A session of its own: survives the `up` command, and killpg reaches any children.
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=self.workdir)
+        log.close()
+        return proc.pid
+
+    def _etcd_args(self) -> list[str]:
+        client = f"http://{LOOPBACK}:{self.ports['etcd']}"
+        peer = f"http://{LOOPBACK}:{self.ports['etcd_peer']}"
+        return [
+            str(self.tools.etcd), "--name=local", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=local={peer}", "--unsafe-no-fsync", "--log-level=warn",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        pki = self.pki
+        return [
+            str(self.tools.kube_apiserver),
+            f"--etcd-servers=http://{LOOPBACK}:{self.ports['etcd']}",
+            f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
+            f"--secure-port={self.ports['apiserver']}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # A loopback address may not be published as the `kubernetes` Service's endpoint.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true", "--profiling=false", "--v=1",
+        ]
+
+    def _controller_args(self) -> dict[str, list[str]]:
+        kc = str(self.kubeconfig)
+        delegated = [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                     f"--bind-address={LOOPBACK}", "--leader-elect=false", "--profiling=false"]
+        return {
+            "kube-controller-manager": [
+                str(self.tools.kube_controller_manager), *delegated,
+                f"--secure-port={self.ports['controller_manager']}",
+                f"--service-account-private-key-file={self.pki / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--cluster-name=trtrefit-local",
+            ],
+            "kube-scheduler": [
+                str(self.tools.kube_scheduler), *delegated, f"--secure-port={self.ports['scheduler']}",
+            ],
+            "kwok": [
+                str(self.tools.kwok), f"--kubeconfig={kc}", f"--config={HACK_DIR / 'kwok' / 'stages.yaml'}",
+                "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+                f"--node-ip={LOOPBACK}", "--cidr=10.244.0.0/16", "--node-lease-duration-seconds=40",
+            ],
+        }
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One authenticated JSON request to the API server."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            result: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return result
+
+    def _wait_ready(self, deadline: float, pids: dict[str, int]) -> None:
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_alive(pids)
+            try:
+                self.request("GET", "/readyz")
+                return
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise ClusterError(f"kube-apiserver not ready in time ({last}); see {self.workdir / 'logs'}")
+
+    def _create_gpu_nodes(self) -> None:
+        for name, product in GPU_NODES.items():
+            node = {
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                               "kubernetes.io/arch": "amd64", "type": "kwok", "nvidia.com/gpu.present": "true",
+                               "nvidia.com/gpu.product": product},
+                },
+                "status": {
+                    "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+                    "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+                },
+            }
+            try:
+                self.request("POST", "/api/v1/nodes", node)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:  # already there after a restart: fine
+                    raise ClusterError(f"creating node {name} failed: {exc.read().decode()}") from exc
+
+    def _wait_nodes_ready(self, deadline: float, pids: dict[str, int]) -> None:
+        while time.monotonic() < deadline:
+            self._check_alive(pids)
+            nodes = self.request("GET", "/api/v1/nodes")["items"]
+            ready = {
+                n["metadata"]["name"] for n in nodes
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+            }
+            sa = self._default_service_account_exists()
+            if set(GPU_NODES) <= ready and sa:
+                return
+            time.sleep(0.25)
+        raise ClusterError(f"fake GPU nodes not Ready in time; see {self.workdir / 'logs'} (kwok.log)")
+
+    def _default_service_account_exists(self) -> bool:
+        try:
+            self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            return True
+        except urllib.error.HTTPError:
+            return False
+
+    def _check_alive(self, pids: dict[str, int]) -> None:
+        for name, pid in pids.items():
+            if not _alive(pid):
+                log = self.workdir / "logs" / f"{name}.log"
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+                raise ClusterError(f"{name} exited during start-up; last lines of {log}:\n{tail}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie is dead
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _cmdline_has(pid: int, text: str) -> bool:
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: Path, apiserver_port: int = 0) -> Iterator[LocalCluster]:
+    """Start a cluster for the duration of a with-block; always stops it."""
+    cluster = LocalCluster(workdir=workdir, tools=Tools.from_cache(), apiserver_port=apiserver_port)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, default=Path(".cluster"), help="state directory (default .cluster)")
+    parser.add_argument("--port", type=int, default=6443, help="kube-apiserver port on 127.0.0.1 (default 6443)")
+    args = parser.parse_args(argv)
+    workdir = args.dir.resolve()
+    try:
+        tools = Tools.from_cache()
+        cluster = LocalCluster(workdir=workdir, tools=tools, apiserver_port=args.port)
+        if args.action == "up":
+            started = time.monotonic()
+            cluster.start()
+            print(f"cluster up in {time.monotonic() - started:.1f} s: {cluster.server}", file=sys.stderr)
+            print(f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
+            print(f"export PATH={os.pathsep.join(str(d) for d in tools.bin_dirs)}:$PATH", file=sys.stderr)
+            print(cluster.kubeconfig)
+        elif args.action == "down":
+            running = cluster.running_pids()
+            cluster.stop()
+            print(f"stopped {len(running)} processes ({', '.join(running) or 'none running'})", file=sys.stderr)
+        else:
+            running = cluster.running_pids()
+            print(json.dumps(running, indent=2))
+            return 0 if running else 3
+    except ClusterError as exc:
+        print(f"localcluster: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
