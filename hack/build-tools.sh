@@ -35,6 +35,7 @@ build_into() {
     rm -rf "$tmp"
     die "building $name $version failed (see the go output above). If a module download failed, check that the Go module proxy is reachable (go env GOPROXY) and run this again."
   fi
+  chmod 755 "$tmp"
   date -u +%FT%TZ > "$tmp/.complete"
   rm -rf "$dest"
   mv "$tmp" "$dest"

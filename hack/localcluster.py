@@ -94,7 +94,8 @@ class Tools:
         missing = [str(d) for d in dirs.values() if not (d / ".complete").is_file()]
         if missing:
             raise ClusterError(
-                "control-plane binaries are not built: " + ", ".join(missing)
+                "control-plane binaries are not built: "
+                + ", ".join(missing)
                 + ". Run `make tools` (or hack/build-tools.sh) first; the first build takes tens of minutes."
             )
         kube = dirs["kubernetes"]
@@ -153,17 +154,65 @@ def make_pki(pki: Path) -> None:
         return
     pki.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = pki / "ca.key", pki / "ca.crt"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=trtrefit-local-ca",
-             "-keyout", str(ca_key), "-out", str(ca_crt))
-    sans = ",".join([
-        f"IP:{LOOPBACK}", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-        "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
-    ])
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=trtrefit-local-ca",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_crt),
+    )
+    sans = ",".join(
+        [
+            f"IP:{LOOPBACK}",
+            "IP:10.96.0.1",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            "DNS:kubernetes.default.svc.cluster.local",
+        ]
+    )
     csr = pki / "apiserver.csr"
-    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-             "-addext", f"subjectAltName={sans}", "-keyout", str(pki / "apiserver.key"), "-out", str(csr))
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-days", "3650", "-copy_extensions", "copyall", "-out", str(pki / "apiserver.crt"))
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-addext",
+        f"subjectAltName={sans}",
+        "-keyout",
+        str(pki / "apiserver.key"),
+        "-out",
+        str(csr),
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_crt),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-copy_extensions",
+        "copyall",
+        "-out",
+        str(pki / "apiserver.crt"),
+    )
     _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
     (pki / "admin.token").write_text(secrets.token_hex(24))
@@ -175,7 +224,9 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "trtrefit-local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {"name": "trtrefit-local", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "trtrefit-local", "context": {"cluster": "trtrefit-local", "user": user}}],
         "current-context": "trtrefit-local",
@@ -195,6 +246,8 @@ class LocalCluster:
     tools: Tools
     apiserver_port: int = 0  # 0: pick a free one
     ports: dict[str, int] = field(default_factory=dict)
+    # Handles of the processes this object started, so stop() can reap them.
+    _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def pki(self) -> Path:
@@ -274,8 +327,11 @@ class LocalCluster:
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        for pid in pids.values():
-            _reap(pid)
+        for proc in self._procs.values():  # ours, dead or alive: reap them
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        self._procs.clear()
         self.pid_file.unlink(missing_ok=True)
 
     def running_pids(self) -> dict[str, int]:
@@ -283,7 +339,9 @@ class LocalCluster:
         if not self.pid_file.is_file():
             return {}
         saved: dict[str, int] = json.loads(self.pid_file.read_text())["pids"]
-        return {name: pid for name, pid in saved.items() if _alive(pid) and _cmdline_has(pid, str(self.workdir))}
+        return {
+            name: pid for name, pid in saved.items() if _alive(pid) and _cmdline_has(pid, str(self.workdir))
+        }
 
     def load_ports(self) -> None:
         """Read back the ports of a cluster that another process started."""
@@ -297,19 +355,32 @@ class LocalCluster:
     def _spawn(self, name: str, args: list[str]) -> int:
         log = (self.workdir / "logs" / f"{name}.log").open("ab")
         # A session of its own: survives the `up` command, and killpg reaches any children.
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=self.workdir)
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.workdir,
+        )
         log.close()
+        self._procs[proc.pid] = proc
         return proc.pid
 
     def _etcd_args(self) -> list[str]:
         client = f"http://{LOOPBACK}:{self.ports['etcd']}"
         peer = f"http://{LOOPBACK}:{self.ports['etcd_peer']}"
         return [
-            str(self.tools.etcd), "--name=local", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=local={peer}", "--unsafe-no-fsync", "--log-level=warn",
+            str(self.tools.etcd),
+            "--name=local",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=local={peer}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
         ]
 
     def _apiserver_args(self) -> list[str]:
@@ -317,9 +388,11 @@ class LocalCluster:
         return [
             str(self.tools.kube_apiserver),
             f"--etcd-servers=http://{LOOPBACK}:{self.ports['etcd']}",
-            f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
             f"--secure-port={self.ports['apiserver']}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={self.workdir / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
@@ -329,28 +402,45 @@ class LocalCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             # A loopback address may not be published as the `kubernetes` Service's endpoint.
             "--endpoint-reconciler-type=none",
-            "--allow-privileged=true", "--profiling=false", "--v=1",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
         ]
 
     def _controller_args(self) -> dict[str, list[str]]:
         kc = str(self.kubeconfig)
-        delegated = [f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-                     f"--bind-address={LOOPBACK}", "--leader-elect=false", "--profiling=false"]
+        delegated = [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            f"--bind-address={LOOPBACK}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
         return {
             "kube-controller-manager": [
-                str(self.tools.kube_controller_manager), *delegated,
+                str(self.tools.kube_controller_manager),
+                *delegated,
                 f"--secure-port={self.ports['controller_manager']}",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
-                f"--root-ca-file={self.ca_file}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--root-ca-file={self.ca_file}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--cluster-name=trtrefit-local",
             ],
             "kube-scheduler": [
-                str(self.tools.kube_scheduler), *delegated, f"--secure-port={self.ports['scheduler']}",
+                str(self.tools.kube_scheduler),
+                *delegated,
+                f"--secure-port={self.ports['scheduler']}",
             ],
             "kwok": [
-                str(self.tools.kwok), f"--kubeconfig={kc}", f"--config={HACK_DIR / 'kwok' / 'stages.yaml'}",
-                "--manage-all-nodes=false", f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-                f"--node-ip={LOOPBACK}", "--cidr=10.244.0.0/16", "--node-lease-duration-seconds=40",
+                str(self.tools.kwok),
+                f"--kubeconfig={kc}",
+                f"--config={HACK_DIR / 'kwok' / 'stages.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+                f"--node-ip={LOOPBACK}",
+                "--cidr=10.244.0.0/16",
+                "--node-lease-duration-seconds=40",
             ],
         }
 
@@ -358,11 +448,19 @@ class LocalCluster:
         """One authenticated JSON request to the API server."""
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-            result: dict[str, Any] = json.loads(resp.read() or b"{}")
-            return result
+            raw = resp.read()
+            is_json = resp.headers.get_content_type() == "application/json"
+        result: dict[str, Any] = (
+            json.loads(raw) if is_json and raw else {"text": raw.decode(errors="replace")}
+        )
+        return result
 
     def _wait_ready(self, deadline: float, pids: dict[str, int]) -> None:
         last = ""
@@ -379,13 +477,19 @@ class LocalCluster:
     def _create_gpu_nodes(self) -> None:
         for name, product in GPU_NODES.items():
             node = {
-                "apiVersion": "v1", "kind": "Node",
+                "apiVersion": "v1",
+                "kind": "Node",
                 "metadata": {
                     "name": name,
                     "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                               "kubernetes.io/arch": "amd64", "type": "kwok", "nvidia.com/gpu.present": "true",
-                               "nvidia.com/gpu.product": product},
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                        "nvidia.com/gpu.present": "true",
+                        "nvidia.com/gpu.product": product,
+                    },
                 },
                 "status": {
                     "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
@@ -403,8 +507,11 @@ class LocalCluster:
             self._check_alive(pids)
             nodes = self.request("GET", "/api/v1/nodes")["items"]
             ready = {
-                n["metadata"]["name"] for n in nodes
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+                n["metadata"]["name"]
+                for n in nodes
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", [])
+                )
             }
             sa = self._default_service_account_exists()
             if set(GPU_NODES) <= ready and sa:
@@ -435,11 +542,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _cmdline_has(pid: int, text: str) -> bool:
     try:
         return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -462,10 +564,16 @@ def running_cluster(workdir: Path, apiserver_port: int = 0) -> Iterator[LocalClu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--dir", type=Path, default=Path(".cluster"), help="state directory (default .cluster)")
-    parser.add_argument("--port", type=int, default=6443, help="kube-apiserver port on 127.0.0.1 (default 6443)")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(".cluster"), help="state directory (default .cluster)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=6443, help="kube-apiserver port on 127.0.0.1 (default 6443)"
+    )
     args = parser.parse_args(argv)
     workdir = args.dir.resolve()
     try:
@@ -481,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.action == "down":
             running = cluster.running_pids()
             cluster.stop()
-            print(f"stopped {len(running)} processes ({', '.join(running) or 'none running'})", file=sys.stderr)
+            print(
+                f"stopped {len(running)} processes ({', '.join(running) or 'none running'})", file=sys.stderr
+            )
         else:
             running = cluster.running_pids()
             print(json.dumps(running, indent=2))

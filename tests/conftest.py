@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client, config
-from localcluster import LocalCluster, running_cluster
 
+from localcluster import LocalCluster, running_cluster
 from tests.kubehelpers import wait_for
 
 
@@ -35,7 +35,10 @@ def namespace(request: pytest.FixtureRequest, kube_api: client.ApiClient) -> Ite
     stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     name = f"{stem}-{secrets.token_hex(3)}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=20,
-             what=f"default ServiceAccount in {name}")
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=20,
+        what=f"default ServiceAccount in {name}",
+    )
     yield name
     core.delete_namespace(name)

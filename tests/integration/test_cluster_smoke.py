@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from localcluster import GPU_NODES, ClusterError, LocalCluster, Tools, _alive, read_versions
 
+from localcluster import GPU_NODES, ClusterError, LocalCluster, Tools, _alive, read_versions
 from tests.kubehelpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,9 @@ def _deployment(name: str, replicas: int) -> client.V1Deployment:
             ),
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=LABELS, annotations={"rev": "1"}),
-                spec=client.V1PodSpec(containers=[client.V1Container(name="server", image="example/server:1")]),
+                spec=client.V1PodSpec(
+                    containers=[client.V1Container(name="server", image="example/server:1")]
+                ),
             ),
         ),
     )
@@ -38,7 +40,8 @@ def _deployment(name: str, replicas: int) -> client.V1Deployment:
 def _ready_pods(core: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
     pods = core.list_namespaced_pod(namespace, label_selector="app=smoke").items
     return [
-        p for p in pods
+        p
+        for p in pods
         if p.metadata.deletion_timestamp is None
         and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
     ]
@@ -60,20 +63,26 @@ def test_fake_gpu_nodes_advertise_gpus(kube_api: client.ApiClient) -> None:
 def test_deployment_becomes_ready_and_rolls(kube_api: client.ApiClient, namespace: str) -> None:
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
     apps.create_namespaced_deployment(namespace, _deployment("smoke", 3))
-    first = wait_for(lambda: len(_ready_pods(core, namespace)) == 3 and _ready_pods(core, namespace),
-                     timeout=45, what="3 ready pods")
+    first = wait_for(
+        lambda: len(_ready_pods(core, namespace)) == 3 and _ready_pods(core, namespace),
+        timeout=45,
+        what="3 ready pods",
+    )
     assert {p.spec.node_name for p in first} <= set(GPU_NODES)
 
-    apps.patch_namespaced_deployment("smoke", namespace, {"spec": {"template": {"metadata": {
-        "annotations": {"rev": "2"}}}}})
+    apps.patch_namespaced_deployment(
+        "smoke", namespace, {"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}}
+    )
 
     def rolled() -> bool:
         d = apps.read_namespaced_deployment_status("smoke", namespace)
         pods = _ready_pods(core, namespace)
         return (
             d.status.observed_generation == d.metadata.generation
-            and d.status.updated_replicas == 3 and d.status.ready_replicas == 3
-            and len(pods) == 3 and all(p.metadata.annotations["rev"] == "2" for p in pods)
+            and d.status.updated_replicas == 3
+            and d.status.ready_replicas == 3
+            and len(pods) == 3
+            and all(p.metadata.annotations["rev"] == "2" for p in pods)
         )
 
     wait_for(rolled, timeout=60, what="rolling update to rev 2")
@@ -92,27 +101,42 @@ def test_gpu_job_is_scheduled_on_a_gpu_node_and_completes(kube_api: client.ApiCl
                 spec=client.V1PodSpec(
                     restart_policy="Never",
                     node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                    containers=[client.V1Container(
-                        name="work", image="example/worker:1",
-                        resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
-                    )],
+                    containers=[
+                        client.V1Container(
+                            name="work",
+                            image="example/worker:1",
+                            resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "1"}),
+                        )
+                    ],
                 ),
             ),
         ),
     )
     batch.create_namespaced_job(namespace, job)
-    wait_for(lambda: (batch.read_namespaced_job_status("gpu-job", namespace).status.succeeded or 0) == 1,
-             timeout=45, what="the GPU Job to succeed")
+    wait_for(
+        lambda: (batch.read_namespaced_job_status("gpu-job", namespace).status.succeeded or 0) == 1,
+        timeout=45,
+        what="the GPU Job to succeed",
+    )
     pods = core.list_namespaced_pod(namespace, label_selector="job-name=gpu-job").items
     assert [p.spec.node_name for p in pods] == ["gpu-h100-0"]
 
 
-def test_pod_asking_for_more_gpus_than_any_node_stays_pending(kube_api: client.ApiClient, namespace: str) -> None:
+def test_pod_asking_for_more_gpus_than_any_node_stays_pending(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
     core = client.CoreV1Api(kube_api)
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="too-big"),
-        spec=client.V1PodSpec(containers=[client.V1Container(
-            name="c", image="x", resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "9"}))]),
+        spec=client.V1PodSpec(
+            containers=[
+                client.V1Container(
+                    name="c",
+                    image="x",
+                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "9"}),
+                )
+            ]
+        ),
     )
     core.create_namespaced_pod(namespace, pod)
 
@@ -131,18 +155,27 @@ CEL_CRD = {
         "group": "smoke.trtrefit.dev",
         "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
-                    "x-kubernetes-validations": [{"rule": "self.min <= self.max",
-                                                  "message": "min must not exceed max"}],
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
+                                "x-kubernetes-validations": [
+                                    {"rule": "self.min <= self.max", "message": "min must not exceed max"}
+                                ],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -153,13 +186,21 @@ def test_crd_cel_rule_rejects_bad_object(kube_api: client.ApiClient, namespace: 
         ext.create_custom_resource_definition(CEL_CRD)
     except ApiException as exc:
         assert exc.status == 409
-    wait_for(lambda: any(c.type == "Established" and c.status == "True"
-                         for c in ext.read_custom_resource_definition(CEL_CRD["metadata"]["name"]).status.conditions),
-             what="CRD Established")
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(CEL_CRD["metadata"]["name"]).status.conditions
+        ),
+        what="CRD Established",
+    )
 
     def create(lo: int, hi: int) -> object:
-        body = {"apiVersion": "smoke.trtrefit.dev/v1", "kind": "Widget",
-                "metadata": {"name": f"w-{lo}-{hi}"}, "spec": {"min": lo, "max": hi}}
+        body = {
+            "apiVersion": "smoke.trtrefit.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": f"w-{lo}-{hi}"},
+            "spec": {"min": lo, "max": hi},
+        }
         return custom.create_namespaced_custom_object("smoke.trtrefit.dev", "v1", namespace, "widgets", body)
 
     wait_for(lambda: create(1, 2), what="a valid Widget to be accepted")
@@ -173,16 +214,24 @@ def test_rbac_limited_token_is_refused_what_it_lacks(
     kube_api: client.ApiClient, cluster: LocalCluster, namespace: str
 ) -> None:
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader")))
-    rbac.create_namespaced_role(namespace, client.V1Role(
-        metadata=client.V1ObjectMeta(name="pod-reader"),
-        rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"])],
-    ))
-    rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="reader-reads-pods"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"),
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
-    ))
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader"))
+    )
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="pod-reader"),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="reader-reads-pods"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
+        ),
+    )
     token = core.create_namespaced_service_account_token(
         "reader", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
     ).status.token
@@ -192,12 +241,17 @@ def test_rbac_limited_token_is_refused_what_it_lacks(
     conf.api_key = {"authorization": f"Bearer {token}"}
     with client.ApiClient(conf) as limited:
         limited_core = client.CoreV1Api(limited)
-        assert wait_for(lambda: limited_core.list_namespaced_pod(namespace) is not None,
-                        what="the RoleBinding to take effect")
-        for forbidden in (lambda: limited_core.list_namespaced_secret(namespace),
-                          lambda: limited_core.list_namespaced_pod("default"),
-                          lambda: limited_core.create_namespaced_config_map(
-                              namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="nope")))):
+        assert wait_for(
+            lambda: limited_core.list_namespaced_pod(namespace) is not None,
+            what="the RoleBinding to take effect",
+        )
+        for forbidden in (
+            lambda: limited_core.list_namespaced_secret(namespace),
+            lambda: limited_core.list_namespaced_pod("default"),
+            lambda: limited_core.create_namespaced_config_map(
+                namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="nope"))
+            ),
+        ):
             with pytest.raises(ApiException) as info:
                 forbidden()
             assert info.value.status == 403

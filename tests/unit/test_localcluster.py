@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from localcluster import ClusterError, Tools, read_versions, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +26,12 @@ def test_versions_are_pinned_in_one_file() -> None:
 
 def test_half_built_cache_is_refused(tmp_path: Path) -> None:
     v = read_versions()
-    for name, key in [("kubernetes", "KUBERNETES_VERSION"), ("etcd", "ETCD_VERSION"),
-                      ("kwok", "KWOK_VERSION"), ("helm", "HELM_VERSION")]:
+    for name, key in [
+        ("kubernetes", "KUBERNETES_VERSION"),
+        ("etcd", "ETCD_VERSION"),
+        ("kwok", "KWOK_VERSION"),
+        ("helm", "HELM_VERSION"),
+    ]:
         (tmp_path / f"{name}-{v[key]}").mkdir()
         if name != "kwok":  # kwok's build "died" before it was stamped
             (tmp_path / f"{name}-{v[key]}" / ".complete").touch()
@@ -50,9 +55,16 @@ def test_build_without_go_says_what_to_do(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
 def test_failed_module_download_leaves_no_half_built_tool(tmp_path: Path) -> None:
-    env = {**os.environ, "TRTREFIT_CACHE": str(tmp_path / "cache"), "GOPROXY": "off",
-           "GOMODCACHE": str(tmp_path / "mod"), "GOFLAGS": "-mod=mod"}
-    proc = subprocess.run(["bash", str(BUILD)], env=env, capture_output=True, text=True, check=False, timeout=120)
+    env = {
+        **os.environ,
+        "TRTREFIT_CACHE": str(tmp_path / "cache"),
+        "GOPROXY": "off",
+        "GOMODCACHE": str(tmp_path / "mod"),
+        "GOFLAGS": "-mod=mod",
+    }
+    proc = subprocess.run(
+        ["bash", str(BUILD)], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
     assert proc.returncode == 1
     assert "building etcd v" in proc.stderr and "failed" in proc.stderr
     assert "Go module proxy" in proc.stderr
