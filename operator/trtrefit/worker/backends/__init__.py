@@ -1,0 +1,87 @@
+"""Refit backends, chosen from the engine file itself: `tensorrt` when the program runs TensorRT engines
+(Torch-TensorRT's `execute_engine` op), `exported` for a plain torch.export program."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from trtrefit.api.result import RefitPath
+from trtrefit.worker.errors import WorkerError
+from trtrefit.worker.formats import Checkpoint, TensorSpec
+from trtrefit.worker.progress import Progress
+
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+
+TENSORRT_MARKERS = (b"tensorrt.execute_engine", b"torch.classes.tensorrt")
+
+
+@dataclass
+class RefitJob:
+    """Everything a backend needs to refit: the new weights, the reference (the source program carrying
+    the new weights; its graph holds constants such as BatchNorm eps), the inputs and the device."""
+
+    checkpoint: Checkpoint
+    reference: ExportedProgram
+    inputs: Sequence[torch.Tensor]
+    device: str
+
+
+@dataclass
+class Refitted:
+    """Which path ran and anything worth a line in the result message."""
+
+    path: RefitPath
+    notes: list[str] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    name: str
+
+    def expected_weights(self, source: ExportedProgram | None) -> dict[str, TensorSpec] | None:
+        """Names, shapes and dtypes a checkpoint must hold for this engine (checked before any GPU work);
+        None when neither the engine nor a source program says (the refit plan checks names then)."""
+        ...
+
+    def refit(self, job: RefitJob, progress: Progress) -> Refitted: ...
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Outputs of the refitted program on the job's device."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Write the refitted program as a torch.export archive."""
+        ...
+
+    def versions(self) -> dict[str, str]: ...
+
+
+def detect(path: Path, label: str) -> str:
+    """`tensorrt` or `exported`, from the serialized graph inside the archive (nothing is loaded)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            models = [n for n in archive.namelist() if "/models/" in n and n.endswith(".json")]
+            if not models:
+                raise WorkerError(f"engine {label}: a zip archive, not a torch.export program (no models/)")
+            for name in models:
+                body = archive.read(name)
+                if any(marker in body for marker in TENSORRT_MARKERS):
+                    return "tensorrt"
+    except zipfile.BadZipFile as exc:
+        raise WorkerError(f"engine {label}: not a torch.export archive (.ep/.pt2): {exc}") from exc
+    return "exported"
+
+
+def open_backend(kind: str, engine: Path, label: str, device: str) -> Backend:
+    if kind == "tensorrt":
+        from trtrefit.worker.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(engine, label, device)
+    from trtrefit.worker.backends.exported import ExportedBackend
+
+    return ExportedBackend(engine, label, device)

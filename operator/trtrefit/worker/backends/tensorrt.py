@@ -1,0 +1,280 @@
+"""The `tensorrt` backend: a Torch-TensorRT program (TensorRT engines inside a torch.export archive).
+
+Fast path, never re-lowering the model: for each engine, deserialize it with TensorRT, give EVERY weight
+`Refitter.get_all_weights()` lists a value planned by `trt_plan` (checkpoint tensors, BatchNorm algebra,
+recorded or graph-derived constants such as eps), refit, serialize, and put the new engine into the
+program. TensorRT-RTX under-reports missing weights, so a weight we cannot source stops the fast path
+instead of being left unset. Fallback: `torch_tensorrt.dynamo.refit_module_weights` without its weight
+map cache (whose BatchNorm eps handling is wrong), recorded as the `fallback` path.
+
+torch_tensorrt and tensorrt are imported only here, only when a TensorRT engine is refitted.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trtrefit.api.result import RefitPath
+from trtrefit.worker import programs
+from trtrefit.worker.backends import RefitJob, Refitted
+from trtrefit.worker.backends.trt_archive import (
+    ENGINE_IDX,
+    NAME_IDX,
+    RECORD_FILE,
+    SERIALIZED_METADATA_IDX,
+    EngineEntry,
+    read_engines,
+    read_record,
+)
+from trtrefit.worker.backends.trt_plan import PlanMismatchError, batchnorm_eps, materialize, plan_engine
+from trtrefit.worker.backends.trt_record import engine_record, schema_of
+from trtrefit.worker.errors import WorkerError
+from trtrefit.worker.formats import TensorSpec
+from trtrefit.worker.progress import Progress
+
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+
+_TRT_TO_TORCH = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+}
+
+
+class FastPathError(Exception):
+    """The fast path cannot refit this program faithfully; the message says why."""
+
+
+def tensorrt_module() -> Any:
+    """`tensorrt` as torch_tensorrt sees it (its proxy resolves to TensorRT or TensorRT-RTX)."""
+    import importlib
+
+    importlib.import_module("torch_tensorrt")  # installs the `tensorrt` proxy module first
+    return importlib.import_module("tensorrt")
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import torch_tensorrt
+
+    found = {
+        "torch": torch.__version__,
+        "torch_tensorrt": str(torch_tensorrt.__version__),
+        "tensorrt": str(getattr(tensorrt_module(), "__version__", "unknown")),
+    }
+    features = getattr(torch_tensorrt, "ENABLED_FEATURES", None)
+    if getattr(features, "tensorrt_rtx", False):
+        found["tensorrt"] += " (TensorRT-RTX)"
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, engine: Path, label: str, device: str) -> None:
+        self._path = engine
+        self._label = label
+        self._device = device
+        self._engines = read_engines(engine, label)
+        self._record = read_record(engine)
+        self._program: ExportedProgram | None = None
+
+    def expected_weights(self, source: ExportedProgram | None) -> dict[str, TensorSpec] | None:
+        schema = schema_of(self._record) if self._record else None
+        if schema is not None:
+            return schema
+        if source is not None:
+            return {name: TensorSpec.of(t) for name, t in programs.weights_of(source).items()}
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return versions()
+
+    def refit(self, job: RefitJob, progress: Progress) -> Refitted:
+        with progress.stage("refit.load"):
+            tensorrt_module()
+            self._program = programs.load_program(self._path, f"engine {self._label}")
+        progress.say("refit", f"loaded {len(self._engines)} TensorRT engine(s)")
+        try:
+            self._fast(self._program, job, progress)
+            return Refitted(RefitPath.FAST)
+        except FastPathError as exc:
+            reason = str(exc)
+        progress.say("refit", f"fast path unavailable: {reason}; falling back to refit_module_weights")
+        with progress.stage("refit.fallback"):
+            self._fallback(self._program, job)
+        return Refitted(RefitPath.FALLBACK, [f"fallback because {reason}"])
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if self._program is None:
+            raise RuntimeError("run() before refit()")
+        return programs.run(self._program, [t.to(self._device) for t in inputs])
+
+    def save(self, path: Path) -> None:
+        if self._program is None:
+            raise RuntimeError("save() before refit()")
+        import json
+
+        extra = {RECORD_FILE: json.dumps(self._record, sort_keys=True)} if self._record else None
+        programs.save_program(self._program, path, extra)
+
+    # -- fast path ---------------------------------------------------------------------------------
+
+    def _fast(self, program: ExportedProgram, job: RefitJob, progress: Progress) -> None:
+        import torch
+
+        _check_layout()
+        torch_side = _torch_side_weights(program, job)
+        eps = batchnorm_eps(job.reference)
+        specs = {name: TensorSpec.of(t) for name, t in job.checkpoint.state.items()}
+        trt = tensorrt_module()
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        refitted = {
+            entry.fqn: self._refit_engine(
+                trt=trt,
+                runtime=runtime,
+                logger=logger,
+                entry=entry,
+                job=job,
+                specs=specs,
+                eps=eps,
+                progress=progress,
+            )
+            for entry in self._engines
+        }
+        with progress.stage("refit.install"):
+            for fqn, info in refitted.items():
+                program.constants[fqn] = torch.classes.tensorrt.Engine(tuple(info))
+            for name, tensor in torch_side.items():
+                program.state_dict[name] = tensor
+
+    def _refit_engine(
+        self,
+        *,
+        trt: Any,
+        runtime: Any,
+        logger: Any,
+        entry: EngineEntry,
+        job: RefitJob,
+        specs: dict[str, TensorSpec],
+        eps: dict[str, float],
+        progress: Progress,
+    ) -> list[str | bytes]:
+        import torch
+
+        with progress.stage("refit.deserialize"):
+            engine = runtime.deserialize_cuda_engine(entry.engine_bytes())
+        if engine is None:
+            raise FastPathError(f"TensorRT could not deserialize {entry.name}")
+        refitter = trt.Refitter(engine, logger)
+        names = list(refitter.get_all_weights())
+        record = engine_record(self._record, entry.name, set(names))
+        plan = plan_engine(names, entry.weight_name_map(), record, specs, eps)
+        if plan.unresolved:
+            name, why = next(iter(plan.unresolved.items()))
+            count = f"{len(plan.unresolved)} of {len(names)} weights of {entry.name}"
+            raise FastPathError(f"{count} have no source, e.g. '{name}': {why}")
+        keep = []
+        with progress.stage("refit.set_weights"):
+            for name in names:
+                proto = refitter.get_weights_prototype(name)
+                dtype = _torch_dtype(proto.dtype, name)
+                try:
+                    source = plan.sources[name]
+                    value = materialize(source, job.checkpoint.state, int(proto.size), dtype, "cuda")
+                except PlanMismatchError as exc:
+                    raise FastPathError(f"'{name}': {exc}") from exc
+                keep.append(value)
+                weights = trt.Weights(proto.dtype, value.data_ptr(), value.numel())
+                if not refitter.set_named_weights(name, weights, trt.TensorLocation.DEVICE):
+                    raise FastPathError(f"TensorRT rejected the new value of '{name}'")
+            torch.cuda.synchronize()
+            missing = list(refitter.get_missing_weights())
+        if missing:
+            raise FastPathError(f"TensorRT still misses {len(missing)} weights, e.g. '{missing[0]}'")
+        with progress.stage("refit.engine"):
+            if not refitter.refit_cuda_engine():
+                raise FastPathError(f"refit_cuda_engine failed for {entry.name}")
+        progress.say("refit", f"{entry.name}: set all {len(names)} weights, refitted")
+        with progress.stage("refit.serialize"):
+            config = engine.create_serialization_config()
+            config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
+            if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
+                config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
+            blob = engine.serialize_with_config(config)
+        del keep
+        info: list[str | bytes] = list(entry.info)
+        info[ENGINE_IDX] = bytes(blob)
+        return info
+
+    # -- fallback ----------------------------------------------------------------------------------
+
+    def _fallback(self, program: ExportedProgram, job: RefitJob) -> None:
+        from torch_tensorrt.dynamo import refit_module_weights
+
+        new_weights = programs.to_device(job.reference, "cuda")
+        with programs.quiet_torch():
+            refitted = refit_module_weights(
+                compiled_module=program,
+                new_weight_module=new_weights,
+                arg_inputs=tuple(t.cuda() for t in job.inputs),
+                use_weight_map_cache=False,
+                in_place=False,
+                verify_output=False,
+            )
+        for entry in self._engines:
+            try:
+                program.constants[entry.fqn] = operator.attrgetter(entry.fqn)(refitted)
+            except AttributeError as exc:
+                why = f"refit_module_weights returned no '{entry.fqn}'"
+                raise WorkerError(f"engine {self._label}: {why}") from exc
+        for name, old in list(program.state_dict.items()):
+            program.state_dict[name] = operator.attrgetter(name)(refitted).detach().to(old.device)
+
+
+def _check_layout() -> None:
+    """Our archive reader's indices must be the runtime's (torch.ops.tensorrt.*_IDX)."""
+    import torch
+
+    ops = torch.ops.tensorrt
+    actual = (int(ops.NAME_IDX()), int(ops.ENGINE_IDX()), int(ops.SERIALIZED_METADATA_IDX()))
+    if actual != (NAME_IDX, ENGINE_IDX, SERIALIZED_METADATA_IDX):
+        raise FastPathError(f"this torch_tensorrt lays out engine info differently {actual}")
+
+
+def _torch_side_weights(program: ExportedProgram, job: RefitJob) -> dict[str, torch.Tensor]:
+    """New values for weights the program runs in PyTorch (ops left outside the engines)."""
+    import torch
+
+    new = {}
+    for name, old in program.state_dict.items():
+        value = job.checkpoint.state.get(name)
+        if value is None or tuple(value.shape) != tuple(old.shape):
+            raise FastPathError(f"the program's PyTorch-side weight '{name}' is not in the checkpoint")
+        moved = value.detach().to(device=old.device, dtype=old.dtype)
+        is_parameter = isinstance(old, torch.nn.Parameter)
+        new[name] = torch.nn.Parameter(moved, requires_grad=False) if is_parameter else moved
+    return new
+
+
+def _torch_dtype(trt_dtype: Any, name: str) -> torch.dtype:
+    import torch
+
+    key = getattr(trt_dtype, "name", str(trt_dtype)).rsplit(".", 1)[-1]
+    if key not in _TRT_TO_TORCH:
+        raise FastPathError(f"'{name}' has TensorRT dtype {key}, which the fast path does not set")
+    dtype: torch.dtype = getattr(torch, _TRT_TO_TORCH[key])
+    return dtype

@@ -1,0 +1,15 @@
+"""The worker's one error type. Its message is a single line that names the file or URI and says what
+is wrong; the command prints it, puts it into the result and exits 1 without publishing anything."""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Bad input or a step that cannot finish: one human-readable line, no traceback needed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,233 @@
+"""The refit pipeline: fetch -> check -> refit -> verify -> publish, timed per stage, ending in one
+RefitResult. Every failure before publishing leaves the publish prefix untouched."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trtrefit import __version__
+from trtrefit.api.result import Outcome, RefitPath, RefitResult
+from trtrefit.worker import programs
+from trtrefit.worker.backends import Backend, RefitJob, detect, open_backend
+from trtrefit.worker.errors import WorkerError
+from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
+from trtrefit.worker.inputs import InputSpec, generate, load_inputs
+from trtrefit.worker.progress import Progress
+from trtrefit.worker.storage import Fetched, fetch, publish
+from trtrefit.worker.verify import Report, Tolerances, verify
+
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+
+
+@dataclass(frozen=True)
+class RefitRequest:
+    """The `trtrefit refit` arguments, already parsed and validated for form."""
+
+    engine: str
+    checkpoint: str
+    publish: str
+    tolerances: Tolerances
+    engine_sha256: str | None = None
+    checkpoint_sha256: str | None = None
+    source: str | None = None
+    inputs: str | None = None
+    generate_inputs: list[InputSpec] | None = None
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class _Trace:
+    """What is known so far, so that a failure still reports backend, path, timings and versions."""
+
+    backend: str | None = None
+    path: RefitPath | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, Fetched] = field(default_factory=dict)
+
+
+def run_refit(request: RefitRequest, workdir: Path, progress: Progress) -> RefitResult:
+    """Run the whole pipeline; bad input and failed steps become an `error` result, not an exception."""
+    trace = _Trace(versions={"trtrefit": __version__, "python": platform.python_version()})
+    try:
+        return _pipeline(request, workdir, progress, trace)
+    except WorkerError as exc:
+        progress.say("error", exc.message)
+        return _result(Outcome.ERROR, exc.message, trace, progress)
+
+
+def _result(outcome: Outcome, message: str, trace: _Trace, progress: Progress, **extra: Any) -> RefitResult:
+    timings = {**progress.timings, "total": progress.total()}
+    return RefitResult(
+        outcome=outcome,
+        message=message,
+        backend=trace.backend,
+        path=trace.path,
+        timings=timings,
+        versions=trace.versions,
+        **extra,
+    )
+
+
+def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _Trace) -> RefitResult:
+    with progress.stage("fetch"):
+        _fetch_all(request, workdir, progress, trace)
+    art = trace.artifacts
+    with progress.stage("check"):
+        kind = detect(art["engine"].path, request.engine)
+        trace.backend = kind
+        device = resolve_device(request.device, kind)
+        progress.say("check", f"engine: {kind} program; device: {device}")
+        backend = open_backend(kind, art["engine"].path, request.engine, device)
+        trace.versions.update(backend.versions())
+        checkpoint = load_checkpoint(art["checkpoint"].path, request.checkpoint)
+        source = (
+            programs.load_program(art["source"].path, f"source {request.source}") if "source" in art else None
+        )
+        if _check(backend, checkpoint, source, request):
+            progress.say(
+                "check",
+                f"checkpoint ({checkpoint.format}) matches the engine: {len(checkpoint.state)} tensors",
+            )
+        else:
+            progress.say(
+                "check", "no weight schema in the engine and no --source: names are checked by the refit"
+            )
+        reference = _reference(checkpoint, source, request)
+        inputs = _inputs(request, art.get("inputs"))
+    with progress.stage("refit"):
+        refitted = backend.refit(RefitJob(checkpoint, reference, inputs, device), progress)
+        trace.path = refitted.path
+        progress.say("refit", f"refitted via the {refitted.path.value} path")
+    with progress.stage("verify"):
+        report = _verify(backend, reference, inputs, device, request.tolerances)
+        progress.say("verify", report.message)
+    notes = " ".join(refitted.notes)
+    if not report.verification.passed:
+        message = f"{report.message}; nothing published" + (f" ({notes})" if notes else "")
+        return _result(
+            Outcome.VERIFICATION_FAILED, message, trace, progress, verification=report.verification
+        )
+    with progress.stage("publish"):
+        refitted_file = workdir / "refitted.ep"
+        backend.save(refitted_file)
+        manifest = _manifest(request, trace, report, progress)
+        published = publish(refitted_file, request.publish, manifest)
+        progress.say("publish", f"published {published.uri}")
+    message = f"{report.message}; published {published.uri}" + (f" ({notes})" if notes else "")
+    return _result(
+        Outcome.PASSED, message, trace, progress, engine=published, verification=report.verification
+    )
+
+
+def _fetch_all(request: RefitRequest, workdir: Path, progress: Progress, trace: _Trace) -> None:
+    wanted: list[tuple[str, str | None, str | None]] = [
+        ("engine", request.engine, request.engine_sha256),
+        ("checkpoint", request.checkpoint, request.checkpoint_sha256),
+        ("source", request.source, None),
+        ("inputs", request.inputs, None),
+    ]
+    for role, uri, digest in wanted:
+        if uri is None:
+            continue
+        fetched = fetch(uri, workdir, digest)
+        trace.artifacts[role] = fetched
+        pinned = " (pinned digest matches)" if digest else ""
+        progress.say("fetch", f"{role} {uri}: {fetched.size} bytes, sha256 {fetched.sha256[:12]}{pinned}")
+
+
+def resolve_device(requested: str, kind: str) -> str:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise WorkerError("--device cuda: no CUDA device is visible to this process")
+    if kind == "tensorrt" and (requested == "cpu" or not has_cuda):
+        raise WorkerError("the engine is a TensorRT program: it needs a CUDA device (--device cuda or auto)")
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return requested
+
+
+def _check(
+    backend: Backend, checkpoint: Checkpoint, source: ExportedProgram | None, request: RefitRequest
+) -> bool:
+    """Checkpoint (and source) against what the engine expects; False when nothing says what that is."""
+    expected = backend.expected_weights(source)
+    if expected is None:
+        return False
+    check_compatible(expected, checkpoint.state, f"checkpoint {request.checkpoint}")
+    if source is not None:
+        check_compatible(
+            expected, programs.weights_of(source), f"source {request.source} (against the engine)"
+        )
+    return True
+
+
+def _reference(
+    checkpoint: Checkpoint, source: ExportedProgram | None, request: RefitRequest
+) -> ExportedProgram:
+    """The PyTorch program that carries the new weights: the source program, else the checkpoint's own."""
+    if source is not None:
+        programs.swap_weights(source, checkpoint.state)
+        return source
+    if checkpoint.program is not None:
+        return checkpoint.program
+    raise WorkerError(
+        f"checkpoint {request.checkpoint} is a bare state_dict: pass --source (the torch.export program "
+        "before compiling) so the refit can be verified against PyTorch"
+    )
+
+
+def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor]:
+    if fetched is not None:
+        return load_inputs(fetched.path, request.inputs or fetched.uri)
+    if request.generate_inputs:
+        return generate(request.generate_inputs, request.seed)
+    raise WorkerError("no verification inputs: pass --inputs URI or --generate-inputs JSON")
+
+
+def _verify(
+    backend: Backend,
+    reference: ExportedProgram,
+    inputs: list[torch.Tensor],
+    device: str,
+    tolerances: Tolerances,
+) -> Report:
+    actual = backend.run(inputs)
+    expected = programs.run(programs.to_device(reference, device), [t.to(device) for t in inputs])
+    return verify(actual, expected, tolerances)
+
+
+def _manifest(request: RefitRequest, trace: _Trace, report: Report, progress: Progress) -> dict[str, Any]:
+    """What the published engine was made from and how: inputs' digests, versions, GPU, timings."""
+    artifacts = {
+        role: {"uri": f.uri, "sha256": f.sha256, "size": f.size} for role, f in trace.artifacts.items()
+    }
+    manifest: dict[str, Any] = {
+        "apiVersion": "trtrefit.dev/manifest-v1",
+        "createdAt": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "backend": trace.backend,
+        "path": trace.path.value if trace.path else None,
+        "artifacts": artifacts,
+        "verification": report.verification.model_dump(by_alias=True),
+        "tolerances": {
+            "rtol": request.tolerances.rtol,
+            "atol": request.tolerances.atol,
+            "minCosineSimilarity": request.tolerances.min_cosine_similarity,
+        },
+        "versions": trace.versions,
+        "timings": dict(progress.timings),
+    }
+    if request.generate_inputs:
+        manifest["generatedInputs"] = {
+            "seed": request.seed,
+            "specs": [{"shape": list(s.shape), "dtype": s.dtype} for s in request.generate_inputs],
+        }
+    return manifest
