@@ -103,3 +103,19 @@ def one(manifests: Sequence[Manifest], kind: str) -> Manifest:
     found = by_kind(manifests, kind)
     assert len(found) == 1, f"expected one {kind}, got {[m['metadata']['name'] for m in found]}"
     return found[0]
+
+
+def helm_on_cluster(
+    cluster_env: Mapping[str, str], home: Path, args: Sequence[str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """helm against a real API server (KUBECONFIG from `cluster_env`); fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [str(helm_binary()), *args],
+        capture_output=True,
+        text=True,
+        env={**cluster_env, **helm_env(home), "PATH": cluster_env.get("PATH", "/usr/bin:/bin")},
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result

@@ -1,0 +1,45 @@
+{{/*
+The operator's rights. Each rule names the code that needs it; a test runs the operator with exactly these
+rights against a real API server, so a missing verb fails there and an unneeded one is a review question.
+*/}}
+
+{{/* Cluster-scoped: kopf discovers the TRTModel resource and notices CRD changes. */}}
+{{- define "trtrefit.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
+
+{{/* Namespaced: everything the reconcile loop reads and writes. */}}
+{{- define "trtrefit.namespacedRules" -}}
+# The watched resource: kopf lists/watches it, patches its progress annotations and finalizers.
+- apiGroups: [trtrefit.dev]
+  resources: [trtmodels]
+  verbs: [get, list, watch, patch]
+# The single status write per pass.
+- apiGroups: [trtrefit.dev]
+  resources: [trtmodels/status]
+  verbs: [get, patch]
+# The refit Job: created, followed, superseded (deleted).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+# The refit pod's termination message carries the worker's result.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# The serving Deployment: its pod template gets the new engine; the rollout is followed.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, patch]
+# Events on the TRTModel tell the story in `kubectl describe`.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{- define "trtrefit.operatorSubject" -}}
+- kind: ServiceAccount
+  name: {{ include "trtrefit.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
