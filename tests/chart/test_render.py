@@ -178,18 +178,23 @@ def test_refit_service_account_has_no_token_and_no_binding(rendered: dict[str, l
             assert not names & {s["name"] for s in binding["subjects"]}, binding["metadata"]["name"]
 
 
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
 def test_images_default_to_the_app_version_and_take_digests(rendered: dict[str, list[Manifest]]) -> None:
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     (default,) = _containers(rendered["default"])
     assert default["image"] == f"ghcr.io/trtrefit/trt-refit-operator:{app_version}"
-    assert f"--refit-image=ghcr.io/trtrefit/trt-refit-worker:{app_version}" in default["args"]
+    # The operator reads its refit Job defaults from the environment (trtrefit.controller.config).
+    assert _env(default)["TRTREFIT_WORKER_IMAGE"] == f"ghcr.io/trtrefit/trt-refit-worker:{app_version}"
+    assert _env(default)["TRTREFIT_GPU_RESOURCE"] == "nvidia.com/gpu"
     (pinned,) = _containers(rendered["digests-and-monitoring"])
     assert pinned["image"] == "registry.example.com/trt/operator:0.1.0@sha256:" + "a" * 64
     assert pinned["imagePullPolicy"] == "Always"
-    assert (f"--refit-image=registry.example.com/trt/worker:{app_version}@sha256:" + "b" * 64) in pinned[
-        "args"
-    ]
-    assert "--refit-service-account=refitter" in pinned["args"]
+    worker = f"registry.example.com/trt/worker:{app_version}@sha256:" + "b" * 64
+    assert _env(pinned)["TRTREFIT_WORKER_IMAGE"] == worker
+    assert _env(pinned)["A"] == "1"
     assert pinned["args"][-1] == "--some-flag"
 
 

@@ -13,8 +13,6 @@
 {{- if .Values.metrics.enabled }}
 - --metrics-port={{ .Values.metrics.port }}
 {{- end }}
-- --refit-image={{ include "trtrefit.image" (list .Values.refit.image .) }}
-- --refit-service-account={{ include "trtrefit.refitServiceAccountName" . }}
 {{- if eq .Values.operator.logLevel "verbose" }}
 - --verbose
 {{- else if eq .Values.operator.logLevel "debug" }}

@@ -19,7 +19,7 @@ rights against a real API server, so a missing verb fails there and an unneeded 
 # The single status write per pass.
 - apiGroups: [trtrefit.dev]
   resources: [trtmodels/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # The refit Job: created, followed, superseded (deleted).
 - apiGroups: [batch]
   resources: [jobs]
