@@ -1,0 +1,230 @@
+"""`TRTModel.spec`: what to refit (engine, source, checkpoint), how to verify it, where to publish it, how
+to run the refit Job and which Deployment serves the result."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from kube_custom_resource import schema
+from pydantic import ConfigDict, Field
+
+from trtrefit.api.base import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    ENV_VAR_NAME_PATTERN,
+    MAX_URI_LENGTH,
+    SHA256_PATTERN,
+    URI_PATTERN,
+    WRITABLE_URI_PATTERN,
+    Model,
+    Rule,
+    cel,
+)
+from trtrefit.api.jobspec import RefitJobSpec
+
+# A checkpoint in one of these formats holds weights only: the verification reference needs `source`.
+STATE_DICT_SUFFIX = r"\.(safetensors|pt|pth)([?#].*)?$"
+
+
+class Artifact(Model):
+    """A file read by the refit Job, addressed by URI."""
+
+    uri: str = Field(
+        description=(
+            "Where the file is: file://, http(s)://, s3:// or gs:// (gcs://). The refit Job reads it with "
+            "its own credentials (spec.refitJob.env / envFrom)."
+        ),
+        pattern=URI_PATTERN,
+        max_length=MAX_URI_LENGTH,
+    )
+
+
+class PinnedArtifact(Artifact):
+    """A file read by the refit Job, optionally pinned to its content digest."""
+
+    sha256: schema.Optional[str] = Field(
+        default=None,
+        description=(
+            "Expected SHA-256 of the file, 64 lowercase hex digits. When set, the refit fails before loading "
+            "anything if the bytes differ."
+        ),
+        pattern=SHA256_PATTERN,
+    )
+
+
+class DType(StrEnum):
+    """Element type of a generated verification input."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT64 = "float64"
+    INT64 = "int64"
+    INT32 = "int32"
+    INT16 = "int16"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    BOOL = "bool"
+
+
+class GeneratedInput(Model):
+    """One positional input of the program, generated from a seed: standard normal values for floating
+    types, uniform integers in [low, high) for integer types."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule("!has(self.low) || !has(self.high) || self.low < self.high", "low must be less than high")
+        )
+    )
+
+    shape: list[Annotated[int, Field(ge=1)]] = Field(
+        description="Dimensions of the tensor, batch first, e.g. [8, 3, 224, 224].",
+        min_length=1,
+        max_length=8,
+    )
+    dtype: DType = Field(default=DType.FLOAT32, description="Element type of the tensor.")
+    low: schema.Optional[int] = Field(
+        default=None, description="Smallest value of an integer input (inclusive); default 0."
+    )
+    high: schema.Optional[int] = Field(
+        default=None, description="Bound of an integer input (exclusive); default 10, or 2 for bool."
+    )
+
+
+class VerifySpec(Model):
+    """How the refitted program is checked against PyTorch before it may serve: the reference is the new
+    weights run in the source program; every output must meet all three tolerances."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "has(self.inputs) != has(self.generate)",
+                "set exactly one of verify.inputs and verify.generate",
+            ),
+            Rule(
+                "!has(self.seed) || has(self.generate)",
+                "verify.seed only applies to generated inputs (verify.generate)",
+                ".seed",
+                "FieldValueForbidden",
+            ),
+        )
+    )
+
+    inputs: schema.Optional[Artifact] = Field(
+        default=None,
+        description=(
+            "A safetensors file of sample inputs named input_0, input_1, ... in call order. Exclusive with "
+            "generate."
+        ),
+    )
+    generate: schema.Optional[list[GeneratedInput]] = Field(
+        default=None,
+        description="Generate the sample inputs from shapes and dtypes instead of reading them. Exclusive "
+        "with inputs.",
+        min_length=1,
+        max_length=16,
+    )
+    seed: schema.Optional[int] = Field(
+        default=None, description="Seed for generated inputs; the worker's default when unset.", ge=0
+    )
+    rtol: float = Field(
+        default=0.01, description="Largest allowed relative error of any output element.", ge=0
+    )
+    atol: float = Field(
+        default=0.01, description="Largest allowed absolute error of any output element.", ge=0
+    )
+    min_cosine_similarity: float = Field(
+        default=0.999,
+        description="Smallest allowed cosine similarity between each output and its reference, in [-1, 1].",
+        ge=-1,
+        le=1,
+    )
+
+
+class PublishSpec(Model):
+    """Where refitted programs are written."""
+
+    uri: str = Field(
+        description=(
+            "URI prefix (file://, s3://, gs://) under which each refitted program lands content-addressed as "
+            "<sha256>.ep, with a small manifest beside it."
+        ),
+        pattern=WRITABLE_URI_PATTERN,
+        max_length=MAX_URI_LENGTH,
+    )
+
+
+class ServingSpec(Model):
+    """The Deployment that serves the engine. After a verified refit the operator patches its pod template
+    (the engine env var and the trtrefit.dev/engine-sha256 annotation) and Kubernetes rolls it."""
+
+    deployment_name: str = Field(
+        description="Name of the Deployment in the TRTModel's namespace.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+    container_name: schema.Optional[str] = Field(
+        default=None,
+        description="Container that loads the engine; may be left out when the pod has a single container.",
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+    )
+    engine_env_var: str = Field(
+        default="TRT_ENGINE_URI",
+        description="Environment variable through which the container receives the engine URI.",
+        pattern=ENV_VAR_NAME_PATTERN,
+        max_length=256,
+    )
+
+
+class TRTModelSpec(Model):
+    """The desired state: the engine refitted with this checkpoint, verified, published and served."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                f"has(self.source) || !self.checkpoint.uri.matches('{STATE_DICT_SUFFIX}')",
+                "source is required when the checkpoint is a bare state_dict (.safetensors, .pt, .pth): "
+                "verification runs the new weights in the source program",
+                ".source",
+                "FieldValueRequired",
+            ),
+        )
+    )
+
+    engine: PinnedArtifact = Field(
+        description=(
+            "The refittable compiled program (Torch-TensorRT .ep saved with immutable_weights=False, or a "
+            "plain torch.export program for the CPU backend)."
+        )
+    )
+    source: schema.Optional[Artifact] = Field(
+        default=None,
+        description=(
+            "The torch.export program (.pt2) the engine was compiled from. Required when the checkpoint is a "
+            "bare state_dict; the reference outputs come from it."
+        ),
+    )
+    checkpoint: PinnedArtifact = Field(
+        description=(
+            "The weights to refit into the engine: a safetensors or torch state_dict, or an ExportedProgram "
+            "(.pt2/.ep). Changing it starts a refit."
+        )
+    )
+    verify: VerifySpec = Field(description="How the refitted program is verified before it may serve.")
+    publish: PublishSpec = Field(description="Where the refitted program is published.")
+    refit_job: RefitJobSpec = Field(
+        default_factory=RefitJobSpec,
+        description="How the refit Job runs: image, resources, placement, credentials.",
+        # Lets the API server fill in the Job defaults, so `kubectl get -o yaml` shows them.
+        json_schema_extra={"default": {}},
+    )
+    serving: ServingSpec = Field(description="The Deployment that serves the refitted engine.")
+    paused: bool = Field(
+        default=False,
+        description=(
+            "Stop new work: no refit Job is started or superseded and the Deployment is not patched. Status "
+            "keeps being reported."
+        ),
+    )

@@ -1,0 +1,183 @@
+"""`TRTModel.status`: kstatus conditions, the phase, what is serving, the last refit and the history.
+
+Only the controller's status function fills these; every field here is in the CRD's schema, so nothing the
+operator writes is pruned by the API server.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from kube_custom_resource import schema
+from pydantic import Field
+
+from trtrefit.api.base import Model, list_map
+
+HISTORY_LIMIT = 10
+
+
+class Phase(StrEnum):
+    """One word for where the TRTModel stands."""
+
+    PENDING = "Pending"
+    REFITTING = "Refitting"
+    ROLLING_OUT = "RollingOut"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class ConditionType(StrEnum):
+    """The condition types the operator maintains (kstatus: Ready, Reconciling, Stalled)."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    VERIFIED = "Verified"
+    ROLLED_OUT = "RolledOut"
+
+
+class ConditionStatus(StrEnum):
+    """Whether a condition holds."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(Model):
+    """One observation in the shape of metav1.Condition."""
+
+    type: str = Field(description="Ready, Reconciling, Stalled, Verified or RolledOut.", max_length=316)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        description="Why the condition has its status, in CamelCase.",
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        max_length=1024,
+    )
+    message: str = Field(default="", description="What happened, for humans.", max_length=32768)
+    observed_generation: int = Field(description="The metadata.generation this condition describes.", ge=0)
+    last_transition_time: datetime = Field(description="When the status last changed.")
+
+
+class Digest(Model):
+    """A file and, where known, its SHA-256."""
+
+    uri: str = Field(description="Where the file is.")
+    sha256: schema.Optional[str] = Field(default=None, description="Its SHA-256, 64 hex digits.")
+
+
+class ServingStatus(Model):
+    """The engine the Deployment's pods run, seen after its rollout completed."""
+
+    engine: Digest = Field(description="The engine the serving pods load.")
+    checkpoint: schema.Optional[Digest] = Field(
+        default=None,
+        description="The checkpoint refitted into it; unset for an engine the operator did not refit.",
+    )
+    refit_key: schema.Optional[str] = Field(default=None, description="The refit that produced it.")
+    since: schema.Optional[datetime] = Field(
+        default=None, description="When the operator first saw it serving."
+    )
+
+
+class RefitOutcome(StrEnum):
+    """How the refit Job of the desired refit ended (Running while it has not)."""
+
+    RUNNING = "Running"
+    PASSED = "Passed"
+    VERIFICATION_FAILED = "VerificationFailed"
+    FAILED = "Failed"
+
+
+class VerificationSummary(Model):
+    """The worst case over all outputs, measured by the worker against the PyTorch reference."""
+
+    passed: bool = Field(description="Every output met rtol, atol and minCosineSimilarity.")
+    max_abs_error: float = Field(description="Largest absolute error of any output element.")
+    max_rel_error: float = Field(description="Largest relative error of any output element.")
+    min_cosine_similarity: float = Field(description="Smallest cosine similarity of any output.")
+
+
+class RolloutOutcome(StrEnum):
+    """How the rollout of a refitted engine went."""
+
+    ROLLING_OUT = "RollingOut"
+    COMPLETE = "Complete"
+    REVERTED = "Reverted"
+    FAILED = "Failed"
+
+
+class RolloutStatus(Model):
+    """The rollout of the refitted engine to the serving Deployment."""
+
+    deployment: str = Field(description="The Deployment patched.")
+    outcome: RolloutOutcome = Field(description="RollingOut, Complete, Reverted or Failed.")
+    started_at: datetime = Field(description="When the operator patched the pod template.")
+    finished_at: schema.Optional[datetime] = Field(default=None, description="When the rollout ended.")
+    seconds: schema.Optional[float] = Field(default=None, description="finishedAt - startedAt.")
+    message: str = Field(default="", description="What happened, for humans.")
+
+
+class LastRefit(Model):
+    """The most recent refit for the desired spec: its Job, result, numbers and rollout."""
+
+    key: str = Field(
+        description=(
+            "Digest of the desired refit (engine, source, checkpoint, verify settings); the Job name ends "
+            "with its first 10 characters."
+        )
+    )
+    job: str = Field(description="Name of the refit Job.")
+    checkpoint: Digest = Field(description="The checkpoint refitted.")
+    outcome: RefitOutcome = Field(description="Running, Passed, VerificationFailed or Failed.")
+    started_at: schema.Optional[datetime] = Field(default=None, description="When the refit Job started.")
+    finished_at: schema.Optional[datetime] = Field(default=None, description="When the refit Job ended.")
+    seconds: schema.Optional[float] = Field(default=None, description="Duration of the refit Job.")
+    engine: schema.Optional[Digest] = Field(
+        default=None, description="The refitted program the worker published."
+    )
+    verification: schema.Optional[VerificationSummary] = Field(default=None, description="Measured errors.")
+    backend: schema.Optional[str] = Field(default=None, description="Worker backend: tensorrt or exported.")
+    path: schema.Optional[str] = Field(
+        default=None, description="Refit code path: fast, fallback or exported."
+    )
+    message: str = Field(default="", description="The worker's one-line message, or why the Job failed.")
+    rollout: schema.Optional[RolloutStatus] = Field(default=None, description="The rollout of this refit.")
+
+
+class HistoryEntry(Model):
+    """An engine that served before the current one."""
+
+    engine: Digest = Field(description="The engine.")
+    checkpoint: schema.Optional[Digest] = Field(default=None, description="The checkpoint refitted into it.")
+    since: schema.Optional[datetime] = Field(default=None, description="When it started serving.")
+    until: datetime = Field(description="When it stopped serving.")
+
+
+class TRTModelStatus(Model):
+    """What the operator observed. The conditions follow kstatus, so Flux and Argo CD can wait on them."""
+
+    observed_generation: schema.Optional[int] = Field(
+        default=None, description="The metadata.generation this status describes.", ge=0
+    )
+    phase: schema.Optional[Phase] = Field(
+        default=None, description="Pending, Refitting, RollingOut, Ready or Failed."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Reconciling, Stalled, Verified and RolledOut.",
+        max_length=16,
+        json_schema_extra=list_map("type"),
+    )
+    serving: schema.Optional[ServingStatus] = Field(default=None, description="What the Deployment serves.")
+    last_refit: schema.Optional[LastRefit] = Field(default=None, description="The most recent refit.")
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        description=f"Engines that served before, newest first, at most {HISTORY_LIMIT}, for rollback.",
+        max_length=HISTORY_LIMIT,
+    )
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        """The condition of this type, if present."""
+        return next((c for c in self.conditions if c.type == kind), None)
