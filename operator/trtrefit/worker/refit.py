@@ -200,9 +200,25 @@ def _verify(
     device: str,
     tolerances: Tolerances,
 ) -> Report:
-    actual = backend.run(inputs)
-    expected = programs.run(programs.to_device(reference, device), [t.to(device) for t in inputs])
+    shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
+    try:
+        actual = backend.run(inputs)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        raise WorkerError(
+            f"the refitted engine does not run on the inputs ({shapes}): {_first_line(exc)}"
+        ) from exc
+    try:
+        expected = programs.run(programs.to_device(reference, device), [t.to(device) for t in inputs])
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        raise WorkerError(
+            f"the reference program does not run on the inputs ({shapes}): {_first_line(exc)}"
+        ) from exc
     return verify(actual, expected, tolerances)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _manifest(request: RefitRequest, trace: _Trace, report: Report, progress: Progress) -> dict[str, Any]:
