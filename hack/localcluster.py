@@ -239,6 +239,85 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
 
 
 @dataclass
+class Supervisor:
+    """Background processes started from one state directory. Each runs in a session of its own (it outlives
+    the command that started it, and killpg reaches its children), logs to <dir>/logs/<name>.log and is
+    recorded in <dir>/pids.json with its start time, so a recycled pid is never mistaken for it."""
+
+    workdir: Path
+    # Handles of the processes this object started, so stop() can reap them.
+    _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "pids.json"
+
+    def log_file(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> int:
+        self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file(name).open("ab") as log:
+            proc = subprocess.Popen(
+                list(args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.workdir,
+                env=env,
+            )
+        self._procs[proc.pid] = proc
+        saved = self._saved()
+        saved[name] = [proc.pid, _start_time(proc.pid)]
+        self.pid_file.write_text(json.dumps(saved))
+        return proc.pid
+
+    def running(self) -> dict[str, int]:
+        """The recorded processes that are still alive and still the ones recorded."""
+        return {
+            name: pid
+            for name, (pid, started) in self._saved().items()
+            if _alive(pid) and _start_time(pid) == started
+        }
+
+    def check_alive(self) -> None:
+        """Raise with the tail of its log when a recorded process has exited."""
+        running = self.running()
+        for name in self._saved():
+            if name not in running:
+                log = self.log_file(name)
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+                raise ClusterError(f"{name} exited during start-up; last lines of {log}:\n{tail}")
+
+    def stop(self, grace: float = 10.0) -> dict[str, int]:
+        """SIGTERM every process (newest first), SIGKILL what is left after `grace` seconds."""
+        pids = self.running()
+        for pid in reversed(list(pids.values())):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(_alive(p) for p in pids.values()):
+            time.sleep(0.1)
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for proc in self._procs.values():  # ours, dead or alive: reap them
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        self._procs.clear()
+        self.pid_file.unlink(missing_ok=True)
+        return pids
+
+    def _saved(self) -> dict[str, list[int]]:
+        if not self.pid_file.is_file():
+            return {}
+        saved: dict[str, list[int]] = json.loads(self.pid_file.read_text())
+        return saved
+
+
+@dataclass
 class LocalCluster:
     """One control plane rooted at `workdir` (certs, etcd data, logs, pids, kubeconfig)."""
 
@@ -246,8 +325,10 @@ class LocalCluster:
     tools: Tools
     apiserver_port: int = 0  # 0: pick a free one
     ports: dict[str, int] = field(default_factory=dict)
-    # Handles of the processes this object started, so stop() can reap them.
-    _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    processes: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.processes = Supervisor(self.workdir)
 
     @property
     def pki(self) -> Path:
@@ -270,8 +351,8 @@ class LocalCluster:
         return f"https://{LOOPBACK}:{self.ports['apiserver']}"
 
     @property
-    def pid_file(self) -> Path:
-        return self.workdir / "pids.json"
+    def ports_file(self) -> Path:
+        return self.workdir / "ports.json"
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: KUBECONFIG and the built tools first on PATH."""
@@ -285,7 +366,6 @@ class LocalCluster:
         if self.running_pids():
             raise ClusterError(f"a cluster from {self.workdir} is already running: `make cluster-down` first")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "logs").mkdir(exist_ok=True)
         make_pki(self.pki)
         if self.apiserver_port:
             ensure_port_free(self.apiserver_port, "kube-apiserver")
@@ -296,76 +376,35 @@ class LocalCluster:
             "controller_manager": free_port(),
             "scheduler": free_port(),
         }
+        self.ports_file.write_text(json.dumps(self.ports))
         write_kubeconfig(self.kubeconfig, self.server, self.ca_file, self.token)
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
         deadline = time.monotonic() + timeout
-        pids: dict[str, int] = {}
         try:
-            pids["etcd"] = self._spawn("etcd", self._etcd_args())
-            self._save(pids)
-            pids["kube-apiserver"] = self._spawn("kube-apiserver", self._apiserver_args())
-            self._save(pids)
-            self._wait_ready(deadline, pids)
+            self.processes.spawn("etcd", self._etcd_args())
+            self.processes.spawn("kube-apiserver", self._apiserver_args())
+            self._wait_ready(deadline)
             for name, args in self._controller_args().items():
-                pids[name] = self._spawn(name, args)
-            self._save(pids)
+                self.processes.spawn(name, args)
             self._create_gpu_nodes()
-            self._wait_nodes_ready(deadline, pids)
+            self._wait_nodes_ready(deadline)
         except BaseException:
             self.stop()
             raise
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every component (newest first), SIGKILL what is left after `grace` seconds."""
-        pids = self.running_pids()
-        for pid in reversed(list(pids.values())):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(_alive(p) for p in pids.values()):
-            time.sleep(0.1)
-        for pid in pids.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        for proc in self._procs.values():  # ours, dead or alive: reap them
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-        self._procs.clear()
-        self.pid_file.unlink(missing_ok=True)
+        """Stop every component, newest first; nothing is left running."""
+        self.processes.stop(grace)
 
     def running_pids(self) -> dict[str, int]:
-        """Components from the pid file that are still alive and still ours (pids get reused)."""
-        if not self.pid_file.is_file():
-            return {}
-        saved: dict[str, int] = json.loads(self.pid_file.read_text())["pids"]
-        return {
-            name: pid for name, pid in saved.items() if _alive(pid) and _cmdline_has(pid, str(self.workdir))
-        }
+        """Components that are still alive."""
+        return self.processes.running()
 
     def load_ports(self) -> None:
         """Read back the ports of a cluster that another process started."""
-        self.ports = json.loads(self.pid_file.read_text())["ports"]
+        self.ports = json.loads(self.ports_file.read_text())
 
     # -- helpers -----------------------------------------------------------------------------------
-
-    def _save(self, pids: dict[str, int]) -> None:
-        self.pid_file.write_text(json.dumps({"pids": pids, "ports": self.ports}))
-
-    def _spawn(self, name: str, args: list[str]) -> int:
-        log = (self.workdir / "logs" / f"{name}.log").open("ab")
-        # A session of its own: survives the `up` command, and killpg reaches any children.
-        proc = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.workdir,
-        )
-        log.close()
-        self._procs[proc.pid] = proc
-        return proc.pid
 
     def _etcd_args(self) -> list[str]:
         client = f"http://{LOOPBACK}:{self.ports['etcd']}"
@@ -462,10 +501,10 @@ class LocalCluster:
         )
         return result
 
-    def _wait_ready(self, deadline: float, pids: dict[str, int]) -> None:
+    def _wait_ready(self, deadline: float) -> None:
         last = ""
         while time.monotonic() < deadline:
-            self._check_alive(pids)
+            self.processes.check_alive()
             try:
                 self.request("GET", "/readyz")
                 return
@@ -502,9 +541,9 @@ class LocalCluster:
                 if exc.code != 409:  # already there after a restart: fine
                     raise ClusterError(f"creating node {name} failed: {exc.read().decode()}") from exc
 
-    def _wait_nodes_ready(self, deadline: float, pids: dict[str, int]) -> None:
+    def _wait_nodes_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            self._check_alive(pids)
+            self.processes.check_alive()
             nodes = self.request("GET", "/api/v1/nodes")["items"]
             ready = {
                 n["metadata"]["name"]
@@ -526,13 +565,6 @@ class LocalCluster:
         except urllib.error.HTTPError:
             return False
 
-    def _check_alive(self, pids: dict[str, int]) -> None:
-        for name, pid in pids.items():
-            if not _alive(pid):
-                log = self.workdir / "logs" / f"{name}.log"
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
-                raise ClusterError(f"{name} exited during start-up; last lines of {log}:\n{tail}")
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -542,11 +574,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _cmdline_has(pid: int, text: str) -> bool:
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat); 0 if gone."""
     try:
-        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().split(") ", 1)[1].split()[19])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0
 
 
 @contextlib.contextmanager
