@@ -1,0 +1,121 @@
+"""Carry out a pass's actions through the API and fold what the API returned back into the observation, so
+the status computed afterwards describes the world as it now is."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trtrefit.api.trtmodel import TRTModel
+from trtrefit.controller.assess import Observed
+from trtrefit.controller.builders import (
+    build_refit_job,
+    build_revert_patch,
+    build_rollout_patch,
+    worker_image,
+)
+from trtrefit.controller.config import OperatorConfig
+from trtrefit.controller.desired import DesiredRefit
+from trtrefit.controller.kube import Cluster, ConflictError, InvalidError, KubeError, NotFoundError, Obj
+from trtrefit.controller.naming import MODEL_UID_LABEL, job_name
+from trtrefit.controller.observe import DeploymentView, JobView, one_line
+from trtrefit.controller.outcome import RefitObservation
+from trtrefit.controller.plan import Action, CreateJob, DeleteJob, Revert, RollOut
+
+CONFLICT_RETRY_SECONDS = 1.0
+BLOCKED_RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The observation after the actions, the actions that took effect, and when to look again."""
+
+    observed: Observed
+    done: tuple[Action, ...]
+    retry_after: float | None = None
+
+
+def execute(
+    cluster: Cluster,
+    *,
+    model: TRTModel,
+    desired: DesiredRefit,
+    actions: Sequence[Action],
+    observed: Observed,
+    config: OperatorConfig,
+) -> Outcome:
+    done: list[Action] = []
+    retry: float | None = None
+    for action in actions:
+        if isinstance(action, CreateJob):
+            observed, ok, delay = _create_job(cluster, model, desired, observed, config)
+        elif isinstance(action, DeleteJob):
+            cluster.delete_job(model.metadata.namespace or "", action.job.name, action.job.uid)
+            jobs = tuple(job for job in observed.jobs if job.uid != action.job.uid)
+            observed, ok, delay = dataclasses.replace(observed, jobs=jobs), True, None
+        else:
+            observed, ok, delay = _patch_deployment(cluster, model, action, observed)
+        if ok:
+            done.append(action)
+        if delay is not None:
+            retry = delay if retry is None else min(retry, delay)
+    return Outcome(observed, tuple(done), retry)
+
+
+def _create_job(
+    cluster: Cluster, model: TRTModel, desired: DesiredRefit, observed: Observed, config: OperatorConfig
+) -> tuple[Observed, bool, float | None]:
+    namespace, name = model.metadata.namespace or "", job_name(model.metadata.name, desired.key)
+    image = worker_image(model, config)
+    if image is None:
+        return observed, False, None
+    try:
+        job = cluster.create_job(namespace, build_refit_job(model, desired, image, config))
+    except ConflictError:
+        existing = cluster.read_job(namespace, name)
+        if existing is None or not _owned_by(existing, model):
+            taken = f"Job {name} exists and belongs to another owner; the refit starts once it is deleted"
+            return dataclasses.replace(observed, job_blocked=taken), False, BLOCKED_RETRY_SECONDS
+        job = existing  # created by an earlier pass whose list did not show it yet
+    except InvalidError as exc:
+        return dataclasses.replace(observed, job_refused=one_line(exc.message)), False, None
+    except KubeError as exc:  # 403 from a ResourceQuota, for one: it may clear up
+        blocked = f"creating Job {name} failed: {one_line(exc.message)}"
+        return dataclasses.replace(observed, job_blocked=blocked), False, BLOCKED_RETRY_SECONDS
+    view = JobView.of(job)
+    refit = RefitObservation(job=view)
+    return dataclasses.replace(observed, jobs=(*observed.jobs, view), refit=refit), True, None
+
+
+def _owned_by(job: Obj, model: TRTModel) -> bool:
+    return bool(job["metadata"].get("labels", {}).get(MODEL_UID_LABEL) == model.metadata.uid)
+
+
+def _patch_deployment(
+    cluster: Cluster, model: TRTModel, action: Action, observed: Observed
+) -> tuple[Observed, bool, float | None]:
+    deployment = observed.deployment
+    if deployment is None:
+        return observed, False, None
+    if isinstance(action, RollOut):
+        patch = build_rollout_patch(model, deployment, action.engine, action.checkpoint, action.key)
+    elif isinstance(action, Revert):
+        patch = build_revert_patch(model, deployment, action.to, action.failed_key)
+    else:
+        raise TypeError(f"not a Deployment action: {action!r}")
+    serving = model.spec.serving
+    try:
+        updated = cluster.patch_deployment(model.metadata.namespace or "", deployment.name, patch)
+    except ConflictError:  # changed since we read it: read again and decide again, soon
+        return observed, False, CONFLICT_RETRY_SECONDS
+    except NotFoundError:
+        return dataclasses.replace(observed, deployment=None), False, None
+    except InvalidError as exc:
+        refused = dataclasses.replace(
+            deployment,
+            container=None,
+            container_problem=f"the API server refused the patch: {one_line(exc.message)}",
+        )
+        return dataclasses.replace(observed, deployment=refused), False, None
+    return dataclasses.replace(observed, deployment=DeploymentView.of(updated, serving)), True, None

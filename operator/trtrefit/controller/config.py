@@ -1,0 +1,32 @@
+"""Operator-wide settings: defaults for the refit Job that a TRTModel may override."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+WORKER_IMAGE_ENV = "TRTREFIT_WORKER_IMAGE"
+WORKER_COMMAND_ENV = "TRTREFIT_WORKER_COMMAND"
+GPU_RESOURCE_ENV = "TRTREFIT_GPU_RESOURCE"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """`worker_image` is the refit Job's image unless spec.refitJob.image is set; `worker_command` is the
+    entrypoint before `refit <flags>`; `gpu_resource` is the extended resource a GPU is requested as."""
+
+    worker_image: str | None = None
+    worker_command: tuple[str, ...] = ("trtrefit",)
+    gpu_resource: str = "nvidia.com/gpu"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
+        """Read TRTREFIT_WORKER_IMAGE, TRTREFIT_WORKER_COMMAND (shell words), TRTREFIT_GPU_RESOURCE."""
+        default = cls()
+        command = tuple(shlex.split(env.get(WORKER_COMMAND_ENV, ""))) or default.worker_command
+        return cls(
+            worker_image=env.get(WORKER_IMAGE_ENV) or None,
+            worker_command=command,
+            gpu_resource=env.get(GPU_RESOURCE_ENV) or default.gpu_resource,
+        )

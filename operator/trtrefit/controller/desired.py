@@ -1,0 +1,38 @@
+"""The desired refit: what a TRTModel's spec asks the worker to produce, and its stable key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from trtrefit.api.spec import TRTModelSpec
+from trtrefit.api.status import Digest
+
+KEY_LENGTH = 32  # hex digits: 128 bits, and short enough for a label value
+
+
+@dataclass(frozen=True)
+class DesiredRefit:
+    """The inputs that determine a refit's output. Two specs with the same key need only one refit; the
+    publish target and the Job's settings are not part of it (they do not change the refitted program)."""
+
+    key: str
+    checkpoint: Digest
+    engine: Digest
+
+
+def desired_refit(spec: TRTModelSpec) -> DesiredRefit:
+    """The desired refit of a spec; equal specs give equal keys, on every operator and after restarts."""
+    identity = {
+        "engine": spec.engine.wire(),
+        "source": spec.source.wire() if spec.source else None,
+        "checkpoint": spec.checkpoint.wire(),
+        "verify": spec.verify.wire(),
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return DesiredRefit(
+        key=hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH],
+        checkpoint=Digest(uri=spec.checkpoint.uri, sha256=spec.checkpoint.sha256),
+        engine=Digest(uri=spec.engine.uri, sha256=spec.engine.sha256),
+    )

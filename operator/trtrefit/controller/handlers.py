@@ -1,0 +1,123 @@
+"""Every kopf registration of the operator. Each handler is a trigger for the same level-based pass
+(reconcile.reconcile): a spec change, the operator's resume, a periodic resync, a change to a refit Job or to
+a serving Deployment. Handlers return nothing, so kopf writes nothing of theirs into status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import kopf
+
+from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
+from trtrefit.controller.naming import MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL
+from trtrefit.controller.reconcile import InvalidSpecError, PassResult, delete_refit_jobs, reconcile
+from trtrefit.controller.runtime import Runtime
+
+RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a second of a change
+EVENT_ATTEMPTS = 3  # watch-triggered passes are not retried by kopf; the resync covers what these miss
+
+
+def runtime_of(memo: kopf.Memo) -> Runtime:
+    runtime = memo.get("runtime")
+    if not isinstance(runtime, Runtime):
+        raise kopf.PermanentError("no Runtime in memo: run the operator with `trtrefit operator`")
+    return runtime
+
+
+async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
+    """One pass under the model's lock; its Events are posted after its status write, then metrics."""
+    async with runtime.lock(namespace, name):
+        now = runtime.clock()
+        result = await asyncio.to_thread(reconcile, runtime.cluster, runtime.config, namespace, name, now)
+    if result.reference is not None:
+        model = kopf.Body(cast(kopf.RawBody, result.reference))
+        for event in result.events:
+            kopf.event(model, type=event.type, reason=event.reason, message=event.message)
+    runtime.metrics.record(result.finished)
+    runtime.metrics.set_phase(f"{namespace}/{name}", result.phase)
+    return result
+
+
+async def pass_or_retry(runtime: Runtime, namespace: str, name: str) -> None:
+    """For kopf's change handlers and timers: kopf retries the handler after a TemporaryError's delay."""
+    try:
+        result = await run_pass(runtime, namespace, name)
+    except InvalidSpecError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    if result.retry_after is not None:
+        raise kopf.TemporaryError("the pass must look again soon", delay=result.retry_after)
+
+
+async def pass_with_attempts(runtime: Runtime, namespace: str, name: str, logger: kopf.Logger) -> None:
+    """For watch events: a few quick attempts (bounded), then the resync timer takes over."""
+    for _ in range(EVENT_ATTEMPTS):
+        try:
+            result = await run_pass(runtime, namespace, name)
+        except InvalidSpecError as exc:
+            logger.warning(f"TRTModel {namespace}/{name}: {exc}")
+            return
+        if result.retry_after is None:
+            return
+        await asyncio.sleep(result.retry_after)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def model_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await pass_or_retry(runtime_of(memo), namespace or "", name)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await pass_or_retry(runtime_of(memo), namespace or "", name)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def model_deleted(
+    namespace: str | None, name: str, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    runtime, namespace = runtime_of(memo), namespace or ""
+    async with runtime.lock(namespace, name):
+        deleted = await asyncio.to_thread(delete_refit_jobs, runtime.cluster, namespace, uid)
+    if deleted:
+        logger.info(f"deleted refit Jobs {', '.join(deleted)}")
+    runtime.forget(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY_LABEL: MANAGED_BY, MODEL_LABEL: kopf.PRESENT})
+async def refit_job_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    await pass_with_attempts(runtime_of(memo), namespace or "", labels[MODEL_LABEL], logger)
+
+
+ServingKey = tuple[str | None, str]
+ServingIndex = kopf.Index[ServingKey, str]
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def serving_deployments(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[ServingKey, str]:
+    """Which TRTModels a Deployment serves: (namespace, deployment name) -> model names."""
+    return {(namespace, spec["serving"]["deploymentName"]): name}
+
+
+def is_serving(
+    namespace: str | None, name: str, serving_deployments: ServingIndex | None = None, **_: Any
+) -> bool:
+    return serving_deployments is not None and (namespace, name) in serving_deployments
+
+
+@kopf.on.event("apps", "v1", "deployments", when=is_serving)
+async def serving_deployment_changed(
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    serving_deployments: ServingIndex | None = None,
+    **_: Any,
+) -> None:
+    models = list(serving_deployments.get((namespace, name), [])) if serving_deployments is not None else []
+    for model in models:
+        await pass_with_attempts(runtime_of(memo), namespace or "", model, logger)

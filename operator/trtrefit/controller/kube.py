@@ -1,0 +1,132 @@
+"""The only module that talks to the API server: the reads and writes of one reconcile pass, on plain dicts,
+with the API's errors turned into the few the domain distinguishes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
+from trtrefit.controller.naming import FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, MODEL_UID_LABEL
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+class KubeError(Exception):
+    """An API request failed in a way the reconcile pass handles."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFoundError(KubeError):
+    pass
+
+
+class ConflictError(KubeError):
+    """409: AlreadyExists on create, Conflict on a stale resourceVersion or failed precondition."""
+
+
+class InvalidError(KubeError):
+    """422: the API server refused the object; the message names the field."""
+
+
+def _error(exc: ApiException) -> KubeError:
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    status = int(exc.status or 0)
+    kind = {404: NotFoundError, 409: ConflictError, 422: InvalidError}.get(status, KubeError)
+    return kind(status, body.get("reason", exc.reason or ""), body.get("message", str(exc.body or "")))
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
+    try:
+        response = fn(*args, _preload_content=False, **kwargs)
+    except ApiException as exc:
+        if exc.status in (404, 409, 422):
+            raise _error(exc) from exc
+        raise
+    data: Obj = json.loads(response.data or b"{}")
+    return data
+
+
+class Cluster:
+    """Typed access to TRTModels, their refit Jobs and pods, and serving Deployments."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+
+    def get_model(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        except NotFoundError:
+            return None
+
+    def patch_model_status(self, namespace: str, name: str, patch: Obj) -> Obj:
+        return _call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": patch},
+            field_manager=FIELD_MANAGER,
+            _content_type=MERGE_PATCH,
+        )
+
+    def list_jobs(self, namespace: str, model_uid: str) -> list[Obj]:
+        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{MODEL_UID_LABEL}={model_uid}"
+        items: list[Obj] = _call(self.batch.list_namespaced_job, namespace, label_selector=selector)["items"]
+        return items
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        items: list[Obj] = _call(self.core.list_namespaced_pod, namespace, label_selector=selector)["items"]
+        return items
+
+    def create_job(self, namespace: str, job: Obj) -> Obj:
+        return _call(self.batch.create_namespaced_job, namespace, job, field_manager=FIELD_MANAGER)
+
+    def read_job(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _call(self.batch.read_namespaced_job, name, namespace)
+        except NotFoundError:
+            return None
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete this Job (not a namesake created since) and, in the background, its pods."""
+        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        # NotFound: already gone; Conflict: the uid precondition failed, a new Job took the name.
+        with contextlib.suppress(NotFoundError, ConflictError):
+            _call(self.batch.delete_namespaced_job, name, namespace, body=options)
+
+    def get_deployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _call(self.apps.read_namespaced_deployment, name, namespace)
+        except NotFoundError:
+            return None
+
+    def patch_deployment(self, namespace: str, name: str, patch: Obj) -> Obj:
+        return _call(
+            self.apps.patch_namespaced_deployment,
+            name,
+            namespace,
+            patch,
+            field_manager=FIELD_MANAGER,
+            _content_type=STRATEGIC_MERGE_PATCH,
+        )

@@ -1,0 +1,76 @@
+"""What to do in this pass: at most one step forward for the desired refit, plus removing superseded Jobs.
+Pure: the reconcile pass executes the actions and reports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trtrefit.api.status import Digest, LastRefit, ServingStatus
+from trtrefit.controller.assess import Assessment, Observed, Step, revert_target
+from trtrefit.controller.desired import DesiredRefit
+from trtrefit.controller.observe import JobState, JobView
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    """Start the refit Job of the desired refit."""
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """Delete a refit Job of a refit that is no longer desired."""
+
+    job: JobView
+    superseded_by: Digest
+
+
+@dataclass(frozen=True)
+class RollOut:
+    """Point the serving Deployment's pod template at the refitted engine."""
+
+    engine: Digest
+    checkpoint: Digest
+    key: str
+
+
+@dataclass(frozen=True)
+class Revert:
+    """Put the engine that served before back into the pod template; its rollout failed."""
+
+    to: ServingStatus
+    failed_key: str
+
+
+Action = CreateJob | DeleteJob | RollOut | Revert
+
+
+def plan(
+    desired: DesiredRefit,
+    assessment: Assessment,
+    observed: Observed,
+    serving: ServingStatus | None,
+    paused: bool,
+) -> list[Action]:
+    """The actions of this pass; none while paused."""
+    if paused:
+        return []
+    actions: list[Action] = [
+        DeleteJob(job, superseded_by=desired.checkpoint)
+        for job in observed.jobs
+        if job.key != desired.key and job.state is JobState.RUNNING and not job.deleting
+    ]
+    step_action = _step_action(desired, assessment.step, assessment.record, serving)
+    return actions if step_action is None else [*actions, step_action]
+
+
+def _step_action(
+    desired: DesiredRefit, step: Step, record: LastRefit | None, serving: ServingStatus | None
+) -> Action | None:
+    if step is Step.NEEDS_JOB:
+        return CreateJob()
+    if step is Step.NEEDS_ROLLOUT and record is not None and record.engine is not None:
+        return RollOut(engine=record.engine, checkpoint=desired.checkpoint, key=desired.key)
+    if step is Step.ROLLOUT_FAILED:
+        target = revert_target(desired, record, serving)
+        return Revert(to=target, failed_key=desired.key) if target is not None else None
+    return None

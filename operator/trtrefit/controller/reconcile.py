@@ -1,0 +1,135 @@
+"""One reconcile pass for one TRTModel: read the model and its children, plan, act, compute status, write it
+once (only when it changed) and say what happened. Level-based: every pass starts from the API's state,
+so a restarted operator, a lost event or a repeated pass all converge to the same result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from trtrefit.api.status import Phase, TRTModelStatus
+from trtrefit.api.trtmodel import TRTModel
+from trtrefit.controller.act import execute
+from trtrefit.controller.assess import Observed, assess
+from trtrefit.controller.builders import worker_image
+from trtrefit.controller.config import OperatorConfig
+from trtrefit.controller.desired import DesiredRefit, desired_refit
+from trtrefit.controller.events import Event, Finished, action_events, status_events
+from trtrefit.controller.kube import Cluster, Obj
+from trtrefit.controller.naming import MODEL_UID_LABEL, REFIT_KEY_LABEL
+from trtrefit.controller.observe import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
+from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pods
+from trtrefit.controller.patches import merge_patch
+from trtrefit.controller.plan import plan
+from trtrefit.controller.status import compute_status, invalid_spec_status
+
+
+class InvalidSpecError(Exception):
+    """The stored TRTModel does not parse; it needs a human (or a matching CRD), not a retry."""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did, for the handler: Events to post (after the status write), metric samples, the phase,
+    and a delay after which to run again when something is expected to clear up soon."""
+
+    reference: dict[str, Any] | None = None
+    phase: Phase | None = None
+    events: list[Event] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+    retry_after: float | None = None
+    wrote_status: bool = False
+
+
+def reference(body: Obj) -> dict[str, Any]:
+    """The object reference Events point at."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }
+
+
+def observe(cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: OperatorConfig) -> Observed:
+    """Read the refit Jobs of the model, the desired Job's pods when needed, and the serving Deployment."""
+    namespace, uid = model.metadata.namespace or "", model.metadata.uid or ""
+    jobs = tuple(JobView.of(job) for job in cluster.list_jobs(namespace, uid))
+    job = desired_job(jobs, desired.key)
+    refit = RefitObservation(job=job)
+    if job is not None and needs_pods(job, model.status.last_refit, desired.key):
+        pods = cluster.list_pods(namespace, f"{MODEL_UID_LABEL}={uid},{REFIT_KEY_LABEL}={desired.key}")
+        if job.state is JobState.RUNNING:
+            refit = RefitObservation(job=job, progress=pod_progress(pods, job.uid))
+        else:
+            refit = RefitObservation(job=job, report=pod_report(pods, job.uid))
+    serving = model.spec.serving
+    found = cluster.get_deployment(namespace, serving.deployment_name)
+    deployment = DeploymentView.of(found, serving) if found is not None else None
+    return Observed(jobs, refit, deployment, has_worker_image=worker_image(model, config) is not None)
+
+
+def reconcile(
+    cluster: Cluster, config: OperatorConfig, namespace: str, name: str, now: datetime
+) -> PassResult:
+    """Run one pass. Raises InvalidSpecError when the object does not parse (after saying so in status)."""
+    body = cluster.get_model(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return PassResult()
+    generation = int(body["metadata"].get("generation", 0))
+    try:
+        model = TRTModel.model_validate(body)
+    except ValidationError as exc:
+        message = one_line(f"spec does not parse: {exc}")
+        status = invalid_spec_status(body.get("status") or {}, generation, message, now)
+        _write_status(cluster, body, status)
+        raise InvalidSpecError(message) from exc
+    desired = desired_refit(model.spec)
+    observed = observe(cluster, model, desired, config)
+    actions = plan(
+        desired,
+        assess(desired, observed, model.status.last_refit),
+        observed,
+        model.status.serving,
+        model.spec.paused,
+    )
+    outcome = execute(
+        cluster, model=model, desired=desired, actions=actions, observed=observed, config=config
+    )
+    assessment = assess(desired, outcome.observed, model.status.last_refit)
+    status = compute_status(
+        model.spec,
+        generation=generation,
+        previous=model.status,
+        desired=desired,
+        assessment=assessment,
+        observed=outcome.observed,
+        now=now,
+    )
+    wrote = _write_status(cluster, body, status)
+    events = action_events(outcome.done, name, model.spec, desired.key)
+    transitions, finished = status_events(model.status, status, model.spec)
+    return PassResult(
+        reference(body), status.phase, events + transitions, finished, outcome.retry_after, wrote
+    )
+
+
+def _write_status(cluster: Cluster, body: Obj, status: TRTModelStatus) -> bool:
+    new = status.wire()
+    patch = merge_patch(body.get("status") or {}, new)
+    if not patch:
+        return False
+    meta = body["metadata"]
+    cluster.patch_model_status(meta["namespace"], meta["name"], patch)
+    return True
+
+
+def delete_refit_jobs(cluster: Cluster, namespace: str, model_uid: str) -> list[str]:
+    """Delete every refit Job of a model (and, in the background, their pods); the names deleted."""
+    jobs = [JobView.of(job) for job in cluster.list_jobs(namespace, model_uid)]
+    for job in jobs:
+        cluster.delete_job(namespace, job.name, job.uid)
+    return [job.name for job in jobs]

@@ -1,0 +1,172 @@
+"""The refit Job built from a spec: a valid batch/v1 Job with the worker's exact command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.unit.api.samples import model
+from trtrefit.api.jobspec import Device
+from trtrefit.controller.builders import build_refit_job, worker_args, worker_image
+from trtrefit.controller.config import OperatorConfig
+from trtrefit.controller.desired import desired_refit
+from trtrefit.controller.naming import MODEL_UID_LABEL, REFIT_KEY_LABEL
+
+CONFIG = OperatorConfig(worker_image="ghcr.io/example/trtrefit-worker:1")
+
+
+def job_of(spec: dict[str, Any] | None = None, config: OperatorConfig = CONFIG) -> dict[str, Any]:
+    m = model(spec)
+    image = worker_image(m, config)
+    assert image is not None
+    return build_refit_job(m, desired_refit(m.spec), image, config)
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    (only,) = job["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+def test_the_job_is_a_valid_batch_v1_job() -> None:
+    spec = {
+        "refitJob": {
+            "env": [
+                {"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"},
+                {
+                    "name": "AWS_SECRET_ACCESS_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}},
+                },
+            ],
+            "envFrom": [{"secretRef": {"name": "s3-creds"}}],
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "resources": {"limits": {"memory": "32Gi"}, "requests": {"cpu": 4}},
+            "serviceAccountName": "refit",
+            "imagePullPolicy": "IfNotPresent",
+        }
+    }
+    kubernetes_validate.validate(job_of(spec), "1.35.0", strict=True)
+
+
+def test_worker_arguments_follow_the_spec_exactly() -> None:
+    m = model(
+        {
+            "engine": {"sha256": "a" * 64},
+            "checkpoint": {"sha256": "b" * 64},
+            "verify": {"rtol": 0.02, "atol": 1e-05, "minCosineSimilarity": 0.99},
+        }
+    )
+    assert worker_args(m.spec, Device.CUDA) == [
+        "refit",
+        "--engine", "s3://models/resnet50/engine.ep",
+        "--engine-sha256", "a" * 64,
+        "--source", "s3://models/resnet50/source.pt2",
+        "--checkpoint", "s3://ckpt/resnet50/step-1200.safetensors",
+        "--checkpoint-sha256", "b" * 64,
+        "--generate-inputs", '[{"shape":[8,3,224,224],"dtype":"float32"}]',
+        "--seed", "0",
+        "--rtol", "0.02",
+        "--atol", "1e-05",
+        "--min-cosine-similarity", "0.99",
+        "--publish", "s3://models/resnet50/refits/",
+        "--device", "cuda",
+    ]  # fmt: skip
+
+
+def test_inputs_file_replaces_generated_inputs() -> None:
+    m = model(
+        {"verify": {"generate": None, "seed": None, "inputs": {"uri": "file:///data/inputs.safetensors"}}}
+    )
+    args = worker_args(m.spec, Device.AUTO)
+    assert args[args.index("--inputs") + 1] == "file:///data/inputs.safetensors"
+    assert "--generate-inputs" not in args and "--seed" not in args
+
+
+def test_generated_inputs_are_json_the_worker_parses() -> None:
+    m = model({"verify": {"generate": [{"shape": [1, 16], "dtype": "int64", "low": 0, "high": 100}]}})
+    args = worker_args(m.spec, Device.AUTO)
+    assert json.loads(args[args.index("--generate-inputs") + 1]) == [
+        {"shape": [1, 16], "dtype": "int64", "low": 0, "high": 100}
+    ]
+
+
+def test_job_is_named_by_the_refit_owned_by_the_model_and_labelled() -> None:
+    m = model()
+    job = job_of()
+    key = desired_refit(m.spec).key
+    assert job["metadata"]["name"] == f"resnet50-refit-{key[:10]}"
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": "trtrefit.dev/v1alpha1",
+        "kind": "TRTModel",
+        "name": "resnet50",
+        "uid": m.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    labels = job["metadata"]["labels"]
+    assert labels[MODEL_UID_LABEL] == m.metadata.uid and labels[REFIT_KEY_LABEL] == key
+    assert job["spec"]["template"]["metadata"]["labels"] == labels
+
+
+def test_the_pod_runs_the_worker_once_and_reports_through_its_termination_message() -> None:
+    job = job_of(
+        {"refitJob": {"backoffLimit": 3, "activeDeadlineSeconds": 900, "ttlSecondsAfterFinished": 60}}
+    )
+    spec, c = job["spec"], container(job)
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (
+        3,
+        900,
+        60,
+    )
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert c["name"] == "refit" and c["image"] == CONFIG.worker_image
+    assert c["command"] == ["trtrefit"] and c["args"][0] == "refit"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+
+
+def test_a_failed_verification_fails_the_job_without_retries() -> None:
+    rules = job_of()["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "refit", "operator": "In", "values": [2]},
+    }
+    assert rules[1]["action"] == "Ignore"
+
+
+@pytest.mark.parametrize(
+    ("refit_job", "limits"),
+    [
+        ({}, {"nvidia.com/gpu": "1"}),
+        ({"gpus": 2}, {"nvidia.com/gpu": "2"}),
+        ({"device": "cpu"}, None),
+        ({"gpus": 0}, None),
+        ({"resources": {"limits": {"memory": "8Gi"}}}, {"memory": "8Gi", "nvidia.com/gpu": "1"}),
+    ],
+)
+def test_gpu_requests(refit_job: dict[str, Any], limits: dict[str, str] | None) -> None:
+    assert container(job_of({"refitJob": refit_job})).get("resources", {}).get("limits") == limits
+
+
+def test_gpu_resource_name_comes_from_the_operator() -> None:
+    config = OperatorConfig(worker_image="w", gpu_resource="amd.com/gpu")
+    assert container(job_of(config=config))["resources"]["limits"] == {"amd.com/gpu": "1"}
+
+
+def test_spec_image_and_command_override_the_operator_defaults() -> None:
+    c = container(job_of({"refitJob": {"image": "mine:2", "command": ["python", "-m", "trtrefit.cli"]}}))
+    assert c["image"] == "mine:2" and c["command"] == ["python", "-m", "trtrefit.cli"]
+    assert worker_image(model(), OperatorConfig()) is None
+
+
+def test_env_and_env_from_pass_through_unchanged() -> None:
+    env = [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": True}}}]
+    c = container(
+        job_of({"refitJob": {"env": env, "envFrom": [{"prefix": "S3_", "configMapRef": {"name": "c"}}]}})
+    )
+    assert c["env"] == env
+    assert c["envFrom"] == [{"prefix": "S3_", "configMapRef": {"name": "c"}}]
