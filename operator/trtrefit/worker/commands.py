@@ -8,10 +8,13 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtrefit.api.result import Outcome, RefitResult, exit_code
 from trtrefit.worker.errors import WorkerError
+
+if TYPE_CHECKING:
+    from trtrefit.worker.verify import Tolerances
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 Subparsers = Any  # argparse's _SubParsersAction is private; the callers pass what add_subparsers returned
@@ -40,6 +43,12 @@ def add_refit_parser(sub: Subparsers) -> None:
     parser.add_argument("--min-cosine-similarity", type=float, required=True)
     parser.add_argument("--publish", required=True, metavar="URI", help="prefix for <sha256>.ep and .json")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--refit-path",
+        choices=("auto", "fast", "fallback"),
+        default="auto",
+        help="TensorRT engines: fast path with fallback (auto), fast path or fail, or fallback only",
+    )
     parser.add_argument(
         "--termination-log",
         default=DEFAULT_TERMINATION_LOG,
@@ -102,13 +111,12 @@ def _refit(args: argparse.Namespace, progress: Any) -> RefitResult:
     from trtrefit.worker.inputs import parse_specs
     from trtrefit.worker.refit import RefitRequest, run_refit
     from trtrefit.worker.storage import check_digest_format
-    from trtrefit.worker.verify import Tolerances
 
     request = RefitRequest(
         engine=args.engine,
         checkpoint=args.checkpoint,
         publish=args.publish,
-        tolerances=_tolerances(args.rtol, args.atol, args.min_cosine_similarity, Tolerances),
+        tolerances=_tolerances(args.rtol, args.atol, args.min_cosine_similarity),
         engine_sha256=check_digest_format("--engine-sha256", args.engine_sha256),
         checkpoint_sha256=check_digest_format("--checkpoint-sha256", args.checkpoint_sha256),
         source=args.source,
@@ -116,18 +124,21 @@ def _refit(args: argparse.Namespace, progress: Any) -> RefitResult:
         generate_inputs=parse_specs(args.generate_inputs) if args.generate_inputs else None,
         seed=args.seed,
         device=args.device,
+        refit_path=args.refit_path,
     )
     with tempfile.TemporaryDirectory(prefix="trtrefit-") as workdir:
         result: RefitResult = run_refit(request, Path(workdir), progress)
     return result
 
 
-def _tolerances(rtol: float, atol: float, min_cos: float, factory: Any) -> Any:
+def _tolerances(rtol: float, atol: float, min_cos: float) -> Tolerances:
+    from trtrefit.worker.verify import Tolerances
+
     if not (rtol >= 0 and atol >= 0):
         raise WorkerError(f"--rtol {rtol} / --atol {atol}: tolerances must be >= 0")
     if not -1.0 <= min_cos <= 1.0:
         raise WorkerError(f"--min-cosine-similarity {min_cos}: must lie in [-1, 1]")
-    return factory(rtol=rtol, atol=atol, min_cosine_similarity=min_cos)
+    return Tolerances(rtol=rtol, atol=atol, min_cosine_similarity=min_cos)
 
 
 def emit(result: RefitResult, termination_log: str) -> None:

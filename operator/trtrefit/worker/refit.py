@@ -40,6 +40,7 @@ class RefitRequest:
     generate_inputs: list[InputSpec] | None = None
     seed: int = 0
     device: str = "auto"
+    refit_path: str = "auto"
 
 
 @dataclass
@@ -102,7 +103,8 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         reference = _reference(checkpoint, source, request)
         inputs = _inputs(request, art.get("inputs"))
     with progress.stage("refit"):
-        refitted = backend.refit(RefitJob(checkpoint, reference, inputs, device), progress)
+        job = RefitJob(checkpoint, reference, inputs, device, request.refit_path)
+        refitted = backend.refit(job, progress)
         trace.path = refitted.path
         progress.say("refit", f"refitted via the {refitted.path.value} path")
     with progress.stage("verify"):

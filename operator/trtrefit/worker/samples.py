@@ -41,6 +41,37 @@ def small_cnn() -> torch.nn.Module:
     return model.eval()
 
 
+def resnet50() -> torch.nn.Module:
+    """torchvision's resnet50 with trained-looking weights (BatchNorm statistics included)."""
+    import torchvision
+
+    return _trained_looking(torchvision.models.resnet50(weights=None))
+
+
+def vit_b_16() -> torch.nn.Module:
+    """torchvision's vit_b_16 with trained-looking weights. torchvision zero-initialises the head, which
+    makes every output 0 and any refit "match": the head gets a normal draw first."""
+    import torch
+    import torchvision
+
+    model = torchvision.models.vit_b_16(weights=None)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    return _trained_looking(model)
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BatchNorm statistics and every float tensor jittered, drawn from torch's global RNG."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                _randomise_batchnorm(module)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        model.load_state_dict(perturb(model.state_dict(), "jitter", seed))
+    return model.eval()
+
+
 def _randomise_batchnorm(bn: torch.nn.BatchNorm2d) -> None:
     """Trained-looking BatchNorm: affine and running statistics away from their 1/0 initial values."""
     if bn.running_mean is None or bn.running_var is None:

@@ -107,12 +107,16 @@ class TensorRTBackend:
             tensorrt_module()
             self._program = programs.load_program(self._path, f"engine {self._label}")
         progress.say("refit", f"loaded {len(self._engines)} TensorRT engine(s)")
-        try:
-            self._fast(self._program, job, progress)
-            return Refitted(RefitPath.FAST)
-        except FastPathError as exc:
-            reason = str(exc)
-        progress.say("refit", f"fast path unavailable: {reason}; falling back to refit_module_weights")
+        reason = "--refit-path fallback"
+        if job.policy != "fallback":
+            try:
+                self._fast(self._program, job, progress)
+                return Refitted(RefitPath.FAST)
+            except FastPathError as exc:
+                if job.policy == "fast":
+                    raise WorkerError(f"engine {self._label}: no fast refit: {exc}") from exc
+                reason = str(exc)
+        progress.say("refit", f"fast path not taken: {reason}; refitting with refit_module_weights")
         with progress.stage("refit.fallback"):
             self._fallback(self._program, job)
         return Refitted(RefitPath.FALLBACK, [f"fallback because {reason}"])

@@ -1,0 +1,282 @@
+"""Refit timings on a GPU: trtrefit's fast path (per stage) next to Torch-TensorRT's stock
+`refit_module_weights` and a recompile of the same model, every result verified against PyTorch.
+
+For each model (torchvision resnet50 and vit_b_16 with trained-looking weights, batch 8, fp32) it compiles
+the bundle with `trtrefit compile --backend tensorrt`, writes a checkpoint with every tensor changed
+(BatchNorm statistics included), then times, with all artifacts already on local disk:
+  fast      the whole `trtrefit refit --refit-path fast` pipeline in-process (fetch = hashing the local
+            files, check, refit, verify, publish), repeated; the refit stage split into load,
+            deserialize, set_weights, engine refit, serialize, install
+  stock     torch_tensorrt.dynamo.refit_module_weights(program, new ExportedProgram), weight-map cache on
+            and off, then verified the same way
+  recompile torch_tensorrt.dynamo.compile of the source program carrying the new weights
+
+Writes gpu_refit.json and gpu_refit.md into --out. On the lent H200 (../shared/gpu/README.md):
+    source .gpu/b/stage2.sh && PYTHONPATH=operator:$PYTHONPATH python3 bench/gpu_refit.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = {"resnet50": "trtrefit.worker.samples:resnet50", "vit_b_16": "trtrefit.worker.samples:vit_b_16"}
+TOLERANCES = {"rtol": 1e-2, "atol": 1e-2, "min_cosine_similarity": 0.999}
+FAST_STAGES = (
+    "refit.load",
+    "refit.deserialize",
+    "refit.set_weights",
+    "refit.engine",
+    "refit.serialize",
+    "refit.install",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS)
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="fast-path runs per model")
+    parser.add_argument(
+        "--stock", default="on,off", help="refit_module_weights weight-map cache modes to time"
+    )
+    parser.add_argument("--no-recompile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+
+    from trtrefit.worker.backends.tensorrt import versions
+
+    report: dict[str, Any] = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+        "batch": args.batch,
+        "tolerances": TOLERANCES,
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="gpu-refit-") as tmp:
+        for name in [m for m in args.models.split(",") if m]:
+            print(f"[bench] {name}", file=sys.stderr, flush=True)
+            report["models"][name] = bench_model(name, Path(tmp) / name, args)
+            write(report, args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def bench_model(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from trtrefit.worker.compile import CompileRequest, compile_bundle
+    from trtrefit.worker.samples import write_checkpoint
+
+    spec = MODELS[name]
+    manifest = json.loads(
+        compile_bundle(
+            CompileRequest(output=root, shapes=[(args.batch, 3, 224, 224)], backend="tensorrt", model=spec)
+        )
+    )
+    checkpoint = root / "new.safetensors"
+    write_checkpoint(spec, 1, "jitter", checkpoint)
+    result: dict[str, Any] = {
+        "weights_mb": round(checkpoint.stat().st_size / 1e6, 1),
+        "compile_s": manifest["timings"]["compile"],
+        "export_s": manifest["timings"]["export"],
+        "record": manifest.get("refitRecord"),
+        "fast": bench_fast(root, checkpoint, args.repeat),
+        "stock": {},
+    }
+    for mode in [m for m in args.stock.split(",") if m]:
+        print(f"[bench] {name}: refit_module_weights, weight-map cache {mode}", file=sys.stderr, flush=True)
+        result["stock"][mode] = bench_stock(root, checkpoint, use_cache=mode == "on")
+    if not args.no_recompile:
+        print(f"[bench] {name}: recompile", file=sys.stderr, flush=True)
+        result["recompile"] = bench_recompile(root, checkpoint)
+    return result
+
+
+def bench_fast(root: Path, checkpoint: Path, repeat: int) -> dict[str, Any]:
+    from trtrefit.worker.progress import Progress
+    from trtrefit.worker.refit import RefitRequest, run_refit
+    from trtrefit.worker.verify import Tolerances
+
+    request = RefitRequest(
+        engine=str(root / "engine.ep"),
+        source=str(root / "source.pt2"),
+        checkpoint=str(checkpoint),
+        inputs=str(root / "inputs.safetensors"),
+        publish=str(root / "refits"),
+        tolerances=Tolerances(**TOLERANCES),
+        refit_path="fast",
+    )
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(dir=root) as work:
+            result = run_refit(request, Path(work), Progress())
+        runs.append(
+            {
+                "outcome": result.outcome.value,
+                "path": result.path.value if result.path else None,
+                "message": result.message,
+                "timings": result.timings,
+                "verification": result.verification.model_dump(by_alias=True, exclude={"outputs"})
+                if result.verification
+                else None,
+            }
+        )
+    passed = [r for r in runs if r["outcome"] == "passed"]
+    summary: dict[str, Any] = {"runs": runs, "passed": len(passed) == len(runs)}
+    if passed:
+        for key in ("total", "refit", "verify", "check", "fetch", "publish", *FAST_STAGES):
+            values = [r["timings"].get(key, 0.0) for r in passed]
+            summary[f"{key}_median_s"] = round(statistics.median(values), 4)
+    return summary
+
+
+def _new_weights_program(root: Path, checkpoint: Path) -> Any:
+    from safetensors.torch import load_file
+
+    from trtrefit.worker import programs
+
+    source = programs.load_program(root / "source.pt2", "source")
+    programs.swap_weights(source, load_file(str(checkpoint)))
+    return programs.to_device(source, "cuda")
+
+
+def _inputs(root: Path) -> list[Any]:
+    from trtrefit.worker.inputs import load_inputs
+
+    return [t.cuda() for t in load_inputs(root / "inputs.safetensors", "inputs")]
+
+
+def _verified(outputs: list[Any], reference: Any, inputs: list[Any]) -> dict[str, Any]:
+    from trtrefit.worker import programs
+    from trtrefit.worker.verify import Tolerances, verify
+
+    report = verify(outputs, programs.run(reference, inputs), Tolerances(**TOLERANCES))
+    numbers = report.verification.model_dump(by_alias=True, exclude={"outputs"})
+    return {**numbers, "message": report.message}
+
+
+def bench_stock(root: Path, checkpoint: Path, use_cache: bool) -> dict[str, Any]:
+    import torch
+    from torch.utils import _pytree
+
+    from trtrefit.worker import programs
+    from trtrefit.worker.backends.tensorrt import tensorrt_module
+
+    tensorrt_module()
+    from torch_tensorrt.dynamo import refit_module_weights
+
+    inputs = _inputs(root)
+    new_weights = _new_weights_program(root, checkpoint)
+    started = time.perf_counter()
+    program = programs.load_program(root / "engine.ep", "engine")
+    loaded = time.perf_counter()
+    with programs.quiet_torch():
+        refitted = refit_module_weights(
+            program, new_weights, arg_inputs=tuple(inputs), use_weight_map_cache=use_cache, in_place=False
+        )
+    torch.cuda.synchronize()
+    done = time.perf_counter()
+    with torch.inference_mode():
+        outputs = [t for t in _pytree.tree_leaves(refitted(*inputs)) if isinstance(t, torch.Tensor)]
+    return {
+        "load_s": round(loaded - started, 3),
+        "refit_module_weights_s": round(done - loaded, 3),
+        "verification": _verified(outputs, new_weights, inputs),
+    }
+
+
+def bench_recompile(root: Path, checkpoint: Path) -> dict[str, Any]:
+    import torch
+    from torch.utils import _pytree
+
+    from trtrefit.worker import programs
+    from trtrefit.worker.backends.tensorrt import tensorrt_module
+
+    tensorrt_module()
+    import torch_tensorrt
+
+    inputs = _inputs(root)
+    new_weights = _new_weights_program(root, checkpoint)
+    started = time.perf_counter()
+    with programs.quiet_torch():
+        compiled = torch_tensorrt.dynamo.compile(
+            new_weights, arg_inputs=inputs, immutable_weights=False, min_block_size=1
+        )
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    with torch.inference_mode():
+        outputs = [t for t in _pytree.tree_leaves(compiled(*inputs)) if isinstance(t, torch.Tensor)]
+    return {"compile_s": round(seconds, 3), "verification": _verified(outputs, new_weights, inputs)}
+
+
+def write(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_refit.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_refit.md").write_text(markdown(report))
+
+
+def _s(value: Any) -> str:
+    return f"{value:.2f} s" if isinstance(value, (int, float)) else "—"
+
+
+def _stock_cell(stock: dict[str, Any] | None) -> str:
+    if not stock:
+        return "—"
+    verdict = "verified" if stock["verification"]["passed"] else "**wrong outputs**"
+    return f"{_s(stock['refit_module_weights_s'])} ({verdict})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    lines = [
+        "# Refit on the GPU: trtrefit fast path vs refit_module_weights vs recompile",
+        "",
+        f"{report['date']}; {versions}; batch {report['batch']}, fp32; tolerances {report['tolerances']}.",
+        "",
+        "Artifacts already on local disk. *fast* is the whole `trtrefit refit` pipeline (hash inputs, check, "
+        "refit, verify against PyTorch, publish), median of the runs; its refit stage is split below.",
+        "",
+        "| model | weights | compile | fast: total (refit + verify) | refit_module_weights, cache on | "
+        "cache off | recompile |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["models"].items():
+        fast = m["fast"]
+        split = f"{_s(fast.get('refit_median_s'))} + {_s(fast.get('verify_median_s'))}"
+        fast_cell = (
+            f"{_s(fast.get('total_median_s'))} ({split})"
+            if fast["passed"]
+            else f"**failed**: {fast['runs'][0]['message'][:120]}"
+        )
+        recompile = m.get("recompile")
+        recompile_cell = (
+            f"{_s(recompile['compile_s'])} ({'verified' if recompile['verification']['passed'] else 'wrong'})"
+            if recompile
+            else "—"
+        )
+        lines.append(
+            f"| {name} | {m['weights_mb']} MB | {_s(m['compile_s'])} | {fast_cell} | "
+            f"{_stock_cell(m['stock'].get('on'))} | {_stock_cell(m['stock'].get('off'))} | {recompile_cell} |"
+        )
+    lines += ["", "Fast path refit stage, medians:", "", "| model | " + " | ".join(FAST_STAGES) + " |"]
+    lines.append("|---|" + "---|" * len(FAST_STAGES))
+    for name, m in report["models"].items():
+        cells = [_s(m["fast"].get(f"{stage}_median_s")) for stage in FAST_STAGES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Produced by:", "", "```", report["command"], "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
