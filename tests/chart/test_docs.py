@@ -33,7 +33,8 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_rbac_table_lists_exactly_the_rendered_rules(helm_home: Path) -> None:
     rendered = set()
-    for role in by_kind(template(helm_home), "ClusterRole"):
+    manifests = template(helm_home) + template(helm_home, {"watchNamespaces": ["a"]})
+    for role in by_kind(manifests, "ClusterRole") + by_kind(manifests, "Role"):
         for rule in role["rules"]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:

@@ -122,7 +122,24 @@ def test_one_standalone_replica_replaced_with_recreate(rendered: dict[str, list[
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = _containers(rendered["default"])
-    assert container["args"][:2] == ["operator", "--standalone"]
+    assert container["args"][0] == "operator"
+
+
+@pytest.mark.parametrize("case", ["default", "namespaced", "externally-managed"])
+def test_operator_arguments_are_accepted_by_the_real_cli(
+    rendered: dict[str, list[Manifest]], case: str
+) -> None:
+    """The image's entrypoint is `trtrefit`; the chart's args must parse with its real argument parser."""
+    from trtrefit.cli import build_parser
+
+    (container,) = _containers(rendered[case])
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "operator"
+    assert args.namespaces == (VALUE_SETS[case].get("watchNamespaces") or None)
+    assert args.all_namespaces is not bool(args.namespaces)
+    metrics = VALUE_SETS[case].get("metrics", {})
+    assert args.metrics_port == (0 if metrics.get("enabled") is False else metrics.get("port", 8080))
+    assert args.liveness == "http://0.0.0.0:8081/healthz"
 
 
 def test_default_watches_all_namespaces_with_cluster_roles(rendered: dict[str, list[Manifest]]) -> None:
@@ -195,7 +212,7 @@ def test_images_default_to_the_app_version_and_take_digests(rendered: dict[str, 
     worker = f"registry.example.com/trt/worker:{app_version}@sha256:" + "b" * 64
     assert _env(pinned)["TRTREFIT_WORKER_IMAGE"] == worker
     assert _env(pinned)["A"] == "1"
-    assert pinned["args"][-1] == "--some-flag"
+    assert pinned["args"][-2:] == ["--verbose", "--some-flag"]
 
 
 def test_metrics_service_and_service_monitor_select_the_operator(rendered: dict[str, list[Manifest]]) -> None:

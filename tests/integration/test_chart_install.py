@@ -216,7 +216,7 @@ def test_upgrade_updates_the_crd_and_the_operator(
     columns = [c.name for c in _crd(admin).spec.versions[0].additional_printer_columns or []]
     assert "Upgraded" in columns
     deployment = client.AppsV1Api(admin).read_namespaced_deployment(FULLNAME, NAMESPACE)
-    assert "--debug" in deployment.spec.template.spec.containers[0].args
+    assert "--verbose" in deployment.spec.template.spec.containers[0].args
     assert deployment.metadata.labels["helm.sh/chart"] == "trt-refit-operator-0.1.1"
     assert deployment.spec.strategy.type == "Recreate"
 

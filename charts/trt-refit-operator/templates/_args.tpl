@@ -1,7 +1,6 @@
 {{/* `trtrefit operator ...` arguments (the image's entrypoint is `trtrefit`). */}}
 {{- define "trtrefit.operatorArgs" -}}
 - operator
-- --standalone
 {{- if .Values.watchNamespaces }}
 {{- range uniq .Values.watchNamespaces }}
 - --namespace={{ . }}
@@ -10,13 +9,9 @@
 - --all-namespaces
 {{- end }}
 - --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
-{{- if .Values.metrics.enabled }}
-- --metrics-port={{ .Values.metrics.port }}
-{{- end }}
-{{- if eq .Values.operator.logLevel "verbose" }}
+- --metrics-port={{ if .Values.metrics.enabled }}{{ .Values.metrics.port }}{{ else }}0{{ end }}
+{{- if eq .Values.operator.logLevel "debug" }}
 - --verbose
-{{- else if eq .Values.operator.logLevel "debug" }}
-- --debug
 {{- end }}
 {{- with .Values.operator.extraArgs }}
 {{- toYaml . | nindent 0 }}

@@ -3,11 +3,19 @@ The operator's rights. Each rule names the code that needs it; a test runs the o
 rights against a real API server, so a missing verb fails there and an unneeded one is a review question.
 */}}
 
-{{/* Cluster-scoped: kopf discovers the TRTModel resource and notices CRD changes. */}}
+{{/* Cluster-scoped and read-only. */}}
 {{- define "trtrefit.clusterRules" -}}
+# kopf discovers the TRTModel resource and notices CRD changes.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+# With explicit namespaces kopf observes which of them exist; refused, it retries for about a minute with
+# errors before it falls back to assuming they do.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
 {{- end }}
 
 {{/* Namespaced: everything the reconcile loop reads and writes. */}}
@@ -24,10 +32,10 @@ rights against a real API server, so a missing verb fails there and an unneeded 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# The refit pod's termination message carries the worker's result.
+# The refit pod's termination message carries the worker's result (listed by label, never watched).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
 # The serving Deployment: its pod template gets the new engine; the rollout is followed.
 - apiGroups: [apps]
   resources: [deployments]
