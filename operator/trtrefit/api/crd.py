@@ -32,10 +32,8 @@ _ENVELOPE: JsonSchema = {
         "description": "Versioned schema of this object: trtrefit.dev/v1alpha1.",
     },
     "kind": {"type": "string", "description": "TRTModel."},
-    "metadata": {
-        "type": "object",
-        "description": "Standard object metadata; the name has at most 63 characters.",
-    },
+    # The API server allows nothing more here, not even a description: metadata is its own.
+    "metadata": {"type": "object"},
 }
 
 

@@ -24,7 +24,7 @@ from trtrefit.api.base import (
 from trtrefit.api.jobspec import RefitJobSpec
 
 # A checkpoint in one of these formats holds weights only: the verification reference needs `source`.
-STATE_DICT_SUFFIX = r"\.(safetensors|pt|pth)([?#].*)?$"
+STATE_DICT_SUFFIX = r"[.](safetensors|pt|pth)([?#].*)?$"  # [.], not \., which a CEL string would need escaped
 
 
 class Artifact(Model):

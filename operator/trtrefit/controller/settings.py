@@ -7,8 +7,10 @@ import kopf
 
 from trtrefit.controller.naming import FINALIZER, PREFIX
 
-WATCH_SERVER_TIMEOUT = 300.0  # seconds: ask the API server to end each watch, so watches never go stale
-WATCH_CLIENT_TIMEOUT = 330.0
+# Seconds. The API server ends each watch after the first (an integer: it is the timeoutSeconds query
+# parameter), so watches never go stale; the client gives up a little later.
+WATCH_SERVER_TIMEOUT = 300
+WATCH_CLIENT_TIMEOUT = 330
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
