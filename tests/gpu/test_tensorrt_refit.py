@@ -138,3 +138,29 @@ def test_non_finite_weights_fail_verification(
     code, result = refit(capsys, trt_bundle, checkpoint=trt_bundle.nonfinite)
     assert code == 2
     assert result.outcome is Outcome.VERIFICATION_FAILED
+
+
+def test_the_published_program_loads_with_plain_torch_tensorrt(
+    capsys: pytest.CaptureFixture[str], trt_bundle: TrtBundle
+) -> None:
+    """What serving does: torch_tensorrt.load the published file and run it; it matches PyTorch."""
+    import torch
+    import torch_tensorrt
+    from safetensors.torch import load_file
+
+    from trtrefit.worker import programs
+    from trtrefit.worker.inputs import load_inputs
+    from trtrefit.worker.verify import Tolerances, verify
+
+    code, result = refit(capsys, trt_bundle, "--refit-path", "fast")
+    assert code == 0 and result.engine is not None
+    published = torch_tensorrt.load(str(trt_bundle.dir / "refits" / f"{result.engine.sha256}.ep"))
+    inputs = [t.cuda() for t in load_inputs(trt_bundle.dir / "inputs.safetensors", "inputs")]
+    reference = programs.load_program(trt_bundle.dir / "source.pt2", "source")
+    programs.swap_weights(reference, load_file(str(trt_bundle.checkpoint)))
+    expected = programs.run(programs.to_device(reference, "cuda"), inputs)
+    with torch.inference_mode():
+        actual = published.module()(*inputs)
+    actual = list(actual) if isinstance(actual, (list, tuple)) else [actual]
+    report = verify(actual, expected, Tolerances(rtol=1e-2, atol=1e-2, min_cosine_similarity=0.999))
+    assert report.verification.passed, report.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,7 +104,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         reference = _reference(checkpoint, source, request)
         inputs = _inputs(request, art.get("inputs"))
     with progress.stage("refit"):
-        job = RefitJob(checkpoint, reference, inputs, device, request.refit_path)
+        job = RefitJob(checkpoint, reference, inputs, device, workdir, request.refit_path)
         refitted = backend.refit(job, progress)
         trace.path = refitted.path
         progress.say("refit", f"refitted via the {refitted.path.value} path")
@@ -129,19 +130,23 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
 
 
 def _fetch_all(request: RefitRequest, workdir: Path, progress: Progress, trace: _Trace) -> None:
-    wanted: list[tuple[str, str | None, str | None]] = [
+    requested: list[tuple[str, str | None, str | None]] = [
         ("engine", request.engine, request.engine_sha256),
         ("checkpoint", request.checkpoint, request.checkpoint_sha256),
         ("source", request.source, None),
         ("inputs", request.inputs, None),
     ]
-    for role, uri, digest in wanted:
-        if uri is None:
-            continue
-        fetched = fetch(uri, workdir, digest)
-        trace.artifacts[role] = fetched
-        pinned = " (pinned digest matches)" if digest else ""
-        progress.say("fetch", f"{role} {uri}: {fetched.size} bytes, sha256 {fetched.sha256[:12]}{pinned}")
+    wanted = [(role, uri, digest) for role, uri, digest in requested if uri is not None]
+    # In parallel: downloads overlap, and hashing (which releases the GIL) runs on several cores.
+    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        futures = [
+            (role, uri, digest, pool.submit(fetch, uri, workdir, digest)) for role, uri, digest in wanted
+        ]
+        for role, uri, digest, future in futures:
+            fetched = future.result()
+            trace.artifacts[role] = fetched
+            pinned = " (pinned digest matches)" if digest else ""
+            progress.say("fetch", f"{role} {uri}: {fetched.size} bytes, sha256 {fetched.sha256[:12]}{pinned}")
 
 
 def resolve_device(requested: str, kind: str) -> str:

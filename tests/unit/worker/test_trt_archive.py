@@ -34,6 +34,7 @@ def test_engines_come_out_with_their_info(archive: Path) -> None:
     (entry,) = read_engines(archive, "s3://b/engine.ep")
     assert entry.fqn == "_run_on_acc_0_engine"
     assert entry.name == "_run_on_acc_0_engine"
+    assert entry.record == "data/constants/custom_obj_0"
     assert entry.engine_bytes() == b"\x00serialized\xffengine"
     assert entry.weight_name_map() == {
         "[CONVOLUTION]-[aten_ops.convolution.default]-[0/convolution] KERNEL": ["0.weight", "float32"]

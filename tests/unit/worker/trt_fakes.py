@@ -84,6 +84,9 @@ def write_trt_archive(path: Path, engines: dict[str, list[str]], extra: dict[str
     }
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(f"{root}/archive_format", "pt2")
+        archive.writestr(f"{root}/archive_version", "0")
+        archive.writestr(f"{root}/.data/version", "6\n")
+        archive.writestr(f"{root}/byteorder", "little")
         archive.writestr(
             f"{root}/models/model.json", json.dumps({"target": "torch.ops.tensorrt.execute_engine.default"})
         )

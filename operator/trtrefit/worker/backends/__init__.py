@@ -30,6 +30,7 @@ class RefitJob:
     reference: ExportedProgram
     inputs: Sequence[torch.Tensor]
     device: str
+    workdir: Path
     policy: str = "auto"  # TensorRT only: auto (fast, else fallback) | fast (fast or fail) | fallback
 
 

@@ -2,16 +2,20 @@
 
 Fast path, never re-lowering the model: for each engine, deserialize it with TensorRT, give EVERY weight
 `Refitter.get_all_weights()` lists a value planned by `trt_plan` (checkpoint tensors, BatchNorm algebra,
-recorded or graph-derived constants such as eps), refit, serialize, and put the new engine into the
-program. TensorRT-RTX under-reports missing weights, so a weight we cannot source stops the fast path
-instead of being left unset. Fallback: `torch_tensorrt.dynamo.refit_module_weights` without its weight
-map cache (whose BatchNorm eps handling is wrong), recorded as the `fallback` path.
+recorded or graph-derived constants such as eps), refit and serialize it; then repack the archive with the
+new engines (`trt_package`) and load that file once, so verification runs exactly what is published and
+the old engines are never instantiated. TensorRT-RTX under-reports missing weights, so a weight we
+cannot source stops the fast path instead of being left unset.
+
+Fallback: `torch_tensorrt.dynamo.refit_module_weights` without its weight-map cache (whose BatchNorm eps
+handling is wrong), recorded as the `fallback` path.
 
 torch_tensorrt and tensorrt are imported only here, only when a TensorRT engine is refitted.
 """
 
 from __future__ import annotations
 
+import base64
 import operator
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +26,16 @@ from trtrefit.worker import programs
 from trtrefit.worker.backends import RefitJob, Refitted
 from trtrefit.worker.backends.trt_archive import (
     ENGINE_IDX,
+    ENGINE_QUALIFIED_NAME,
     NAME_IDX,
     RECORD_FILE,
     SERIALIZED_METADATA_IDX,
     EngineEntry,
     read_engines,
     read_record,
+    read_weight_shapes,
 )
+from trtrefit.worker.backends.trt_package import custom_object_bytes, repack
 from trtrefit.worker.backends.trt_plan import PlanMismatchError, batchnorm_eps, materialize, plan_engine
 from trtrefit.worker.backends.trt_record import engine_record, schema_of
 from trtrefit.worker.errors import WorkerError
@@ -89,7 +96,9 @@ class TensorRTBackend:
         self._device = device
         self._engines = read_engines(engine, label)
         self._record = read_record(engine)
+        self._torch_weights = read_weight_shapes(engine)
         self._program: ExportedProgram | None = None
+        self._packed: Path | None = None
 
     def expected_weights(self, source: ExportedProgram | None) -> dict[str, TensorSpec] | None:
         schema = schema_of(self._record) if self._record else None
@@ -103,22 +112,22 @@ class TensorRTBackend:
         return versions()
 
     def refit(self, job: RefitJob, progress: Progress) -> Refitted:
-        with progress.stage("refit.load"):
-            tensorrt_module()
-            self._program = programs.load_program(self._path, f"engine {self._label}")
-        progress.say("refit", f"loaded {len(self._engines)} TensorRT engine(s)")
         reason = "--refit-path fallback"
         if job.policy != "fallback":
             try:
-                self._fast(self._program, job, progress)
+                engines = self._refit_engines(job, progress)
+                self._install(engines, job, progress)
                 return Refitted(RefitPath.FAST)
             except FastPathError as exc:
                 if job.policy == "fast":
                     raise WorkerError(f"engine {self._label}: no fast refit: {exc}") from exc
                 reason = str(exc)
         progress.say("refit", f"fast path not taken: {reason}; refitting with refit_module_weights")
+        with progress.stage("refit.load"):
+            program = self._load(self._path)
         with progress.stage("refit.fallback"):
-            self._fallback(self._program, job)
+            self._fallback(program, job)
+        self._program = program
         return Refitted(RefitPath.FALLBACK, [f"fallback because {reason}"])
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -127,6 +136,10 @@ class TensorRTBackend:
         return programs.run(self._program, [t.to(self._device) for t in inputs])
 
     def save(self, path: Path) -> None:
+        if self._packed is not None:
+            self._packed.replace(path)
+            self._packed = None
+            return
         if self._program is None:
             raise RuntimeError("save() before refit()")
         import json
@@ -134,19 +147,26 @@ class TensorRTBackend:
         extra = {RECORD_FILE: json.dumps(self._record, sort_keys=True)} if self._record else None
         programs.save_program(self._program, path, extra)
 
+    def _load(self, path: Path) -> ExportedProgram:
+        tensorrt_module()  # registers torch.classes.tensorrt.Engine, which loading instantiates
+        return programs.load_program(path, f"engine {self._label}")
+
     # -- fast path ---------------------------------------------------------------------------------
 
-    def _fast(self, program: ExportedProgram, job: RefitJob, progress: Progress) -> None:
-        import torch
-
+    def _refit_engines(self, job: RefitJob, progress: Progress) -> dict[str, bytes]:
+        """Refit every engine from its serialized bytes (the program is never loaded for this);
+        returns each engine's new serialized bytes by its place in the program."""
+        trt = tensorrt_module()
         _check_layout()
-        torch_side = _torch_side_weights(program, job)
+        for name, shape in self._torch_weights.items():
+            value = job.checkpoint.state.get(name)
+            if value is None or tuple(value.shape) != shape:
+                raise FastPathError(f"the program's PyTorch-side weight '{name}' is not in the checkpoint")
         eps = batchnorm_eps(job.reference)
         specs = {name: TensorSpec.of(t) for name, t in job.checkpoint.state.items()}
-        trt = tensorrt_module()
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
-        refitted = {
+        return {
             entry.fqn: self._refit_engine(
                 trt=trt,
                 runtime=runtime,
@@ -159,11 +179,6 @@ class TensorRTBackend:
             )
             for entry in self._engines
         }
-        with progress.stage("refit.install"):
-            for fqn, info in refitted.items():
-                program.constants[fqn] = torch.classes.tensorrt.Engine(tuple(info))
-            for name, tensor in torch_side.items():
-                program.state_dict[name] = tensor
 
     def _refit_engine(
         self,
@@ -176,7 +191,7 @@ class TensorRTBackend:
         specs: dict[str, TensorSpec],
         eps: dict[str, float],
         progress: Progress,
-    ) -> list[str | bytes]:
+    ) -> bytes:
         import torch
 
         with progress.stage("refit.deserialize"):
@@ -218,11 +233,42 @@ class TensorRTBackend:
             config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
             if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
                 config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
-            blob = engine.serialize_with_config(config)
+            blob = bytes(engine.serialize_with_config(config))
         del keep
-        info: list[str | bytes] = list(entry.info)
-        info[ENGINE_IDX] = bytes(blob)
-        return info
+        return blob
+
+    def _install(self, engines: dict[str, bytes], job: RefitJob, progress: Progress) -> None:
+        """Make the refitted program: repack the archive with the new engines and load that file (the
+        only time engines are instantiated); if repacking fails, load the original and swap them in."""
+        with progress.stage("refit.install"):
+            if not self._torch_weights:
+                try:
+                    self._program = self._repacked(engines, job.workdir)
+                    return
+                except (RuntimeError, ValueError, KeyError, WorkerError) as exc:
+                    progress.say("refit", f"repacking the archive failed ({exc}); swapping engines in place")
+            program = self._load(self._path)
+            import torch
+
+            for entry in self._engines:
+                info: list[str | bytes] = list(entry.info)
+                info[ENGINE_IDX] = engines[entry.fqn]
+                program.constants[entry.fqn] = torch.classes.tensorrt.Engine(tuple(info))
+            for name, tensor in _torch_side_weights(program, job).items():
+                program.state_dict[name] = tensor
+            self._program = program
+
+    def _repacked(self, engines: dict[str, bytes], workdir: Path) -> ExportedProgram:
+        packed = workdir / "tensorrt-refitted.ep"
+        replacements = {}
+        for entry in self._engines:
+            info = list(entry.info)
+            info[ENGINE_IDX] = base64.b64encode(engines[entry.fqn]).decode()
+            replacements[entry.record] = custom_object_bytes(ENGINE_QUALIFIED_NAME, info)
+        repack(self._path, packed, replacements)
+        program = self._load(packed)
+        self._packed = packed
+        return program
 
     # -- fallback ----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ NAME_IDX = 1
 ENGINE_IDX = 3
 SERIALIZED_METADATA_IDX = 7
 ENGINE_CLASS = ("__torch__.torch.classes.tensorrt", "Engine")
+ENGINE_QUALIFIED_NAME = ".".join(ENGINE_CLASS)
 RECORD_FILE = "trtrefit-record.json"
 
 
@@ -38,6 +39,7 @@ class EngineEntry:
 
     fqn: str
     info: tuple[str, ...]
+    record: str = ""  # where the engine object sits inside the archive, e.g. data/constants/custom_obj_0
 
     @property
     def name(self) -> str:
@@ -164,7 +166,8 @@ def read_engines(path: Path, label: str) -> list[EngineEntry]:
                     continue
                 state = _read_custom_object(archive.read(root + meta["path_name"]))
                 if state is not None:
-                    entries.append(EngineEntry(fqn, tuple(_text(s) for s in state)))
+                    record = f"data/constants/{meta['path_name']}"
+                    entries.append(EngineEntry(fqn, tuple(_text(s) for s in state), record))
     except (zipfile.BadZipFile, KeyError, ValueError, pickle.UnpicklingError) as exc:
         raise WorkerError(f"engine {label}: cannot read its TensorRT engines: {exc}") from exc
     if not entries:
@@ -190,6 +193,18 @@ def _read_custom_object(blob: bytes) -> list[str | bytes] | None:
     if isinstance(state, tuple) and len(state) == 1 and isinstance(state[0], list):
         state = state[0]
     return state if isinstance(state, list) and all(isinstance(s, (str, bytes)) for s in state) else None
+
+
+def read_weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the program's own weights (those of ops it runs in PyTorch, outside the engines)."""
+    with zipfile.ZipFile(path) as archive:
+        name = _member(archive, "data/weights/model_weights_config.json")
+        config = json.loads(archive.read(name))["config"] if name else {}
+    shapes = {}
+    for fqn, meta in config.items():
+        sizes = (meta.get("tensor_meta") or {}).get("sizes", [])
+        shapes[fqn] = tuple(int(size.get("as_int", -1)) for size in sizes)
+    return shapes
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
