@@ -9,7 +9,8 @@ the pod's terminated container and the worker's result (trtrefit.api.result.Refi
 message through the pods/status subresource, as a kubelet would. A verb missing from the chart shows up as a
 TRTModel that never gets there, and as a 403 in the operator's log, which must have none.
 
-Every TRTModel the operator wrote is also run through the chart's Argo CD health check.
+Every TRTModel status the operator wrote is also run through the chart's Argo CD health check and through the
+real kstatus library Flux waits with.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kubernetes import client, config
 from localcluster import LocalCluster, free_port, running_cluster, write_kubeconfig
 from tests.chart.argocd import argocd_health
 from tests.chart.helmtool import CHART, helm_on_cluster, set_args
+from tests.chart.kstatus import kstatus
 from tests.kubehelpers import wait_for
 from trtrefit.api.result import Outcome, PublishedEngine, RefitResult, Verification, exit_code
 
@@ -211,6 +213,7 @@ def _model(name: str, checkpoint: str, refit_account: str | None) -> dict[str, A
         "metadata": {"name": name},
         "spec": {
             "engine": {"uri": OLD_ENGINE},
+            "source": {"uri": "s3://models/tiny/source.pt2"},
             "checkpoint": {"uri": checkpoint},
             "verify": {"generate": [{"shape": [2, 4]}], "atol": 0.01, "rtol": 0.01},
             "publish": {"uri": "s3://models/tiny/refits/"},
@@ -441,6 +444,18 @@ def test_cluster_wide_release_drives_a_model_with_only_its_token(
     assert "Healthy" in health
     assert health[-1] == "Degraded"
     assert health.index("Healthy") < len(health) - 1
+    # Flux's view (the real kstatus): Current exactly when Ready=True, Failed exactly when Stalled=True, so a
+    # Kustomization waiting on the model neither passes early nor misses a failed verification.
+    for obj, computed in zip(seen, kstatus(seen), strict=True):
+        conditions = {c["type"]: c["status"] for c in obj["status"]["conditions"]}
+        fresh = obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+        assert (computed["status"] == "Current") == (fresh and conditions.get("Ready") == "True"), obj[
+            "status"
+        ]
+        assert (computed["status"] == "Failed") == (fresh and conditions.get("Stalled") == "True"), obj[
+            "status"
+        ]
+        assert computed["status"] in {"InProgress", "Current", "Failed"}, computed
 
 
 def test_namespaced_release_drives_a_model_in_its_namespace_only(
