@@ -103,8 +103,12 @@ def build(spec: str, seed: int) -> torch.nn.Module:
     """The factory's model with its weights drawn from `seed`, in eval mode."""
     import torch
 
+    factory = load_factory(spec)
     torch.manual_seed(seed)
-    model = load_factory(spec)()
+    try:
+        model = factory()
+    except TypeError as exc:
+        raise WorkerError(f"--model {spec!r}: calling it failed: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise WorkerError(f"--model {spec!r}: returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
