@@ -4,6 +4,7 @@ they are skipped. Run on the lent H200 (../shared/gpu/README.md): `pytest -m gpu
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,9 @@ def _missing() -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = _missing()
+    here = Path(__file__).parent
     for item in items:
-        if "tests/gpu/" not in item.nodeid.replace("\\", "/"):
+        if here not in item.path.parents:
             continue
         item.add_marker(pytest.mark.gpu)
         if reason is not None:

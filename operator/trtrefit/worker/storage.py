@@ -10,6 +10,7 @@ reader never sees a half-written engine; the manifest `<sha256>.json` lands afte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -100,14 +101,17 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (ConnectionError, TimeoutError, TruncatedError)):
         return True
-    import aiohttp
     from fsspec.exceptions import FSTimeoutError
 
+    if isinstance(exc, FSTimeoutError):
+        return True
+    try:
+        import aiohttp  # http(s) and s3 only; a machine reading local files may lack it
+    except ImportError:
+        return isinstance(exc, OSError)
     if isinstance(exc, aiohttp.ClientResponseError):
         return exc.status >= 500 or exc.status == 429
-    if isinstance(exc, (aiohttp.ClientError, FSTimeoutError)):
-        return True
-    return isinstance(exc, OSError)
+    return isinstance(exc, (aiohttp.ClientError, OSError))
 
 
 def with_retries(uri: str, action: str, step: Callable[[], T], retry: Retry) -> T:
@@ -247,5 +251,6 @@ def _put_then_move(fs: Any, local: str, root: str, final: str) -> None:
         fs.put_file(local, temporary)
         fs.mv(temporary, final)
     finally:
-        if fs.exists(temporary):
-            fs.rm(temporary)
+        with contextlib.suppress(OSError):
+            if fs.exists(temporary):
+                fs.rm(temporary)
