@@ -119,9 +119,13 @@ class TensorRTBackend:
                 self._install(engines, job, progress)
                 return Refitted(RefitPath.FAST)
             except FastPathError as exc:
-                if job.policy == "fast":
-                    raise WorkerError(f"engine {self._label}: no fast refit: {exc}") from exc
                 reason = str(exc)
+            except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+                # TensorRT and its bindings differ between versions (TensorRT, TensorRT-RTX): an API the
+                # fast path relies on failing here must cost speed, not the refit.
+                reason = f"unexpected {type(exc).__name__} in the fast path: {' '.join(str(exc).split())}"
+            if job.policy == "fast":
+                raise WorkerError(f"engine {self._label}: no fast refit: {reason}")
         progress.say("refit", f"fast path not taken: {reason}; refitting with refit_module_weights")
         with progress.stage("refit.load"):
             program = self._load(self._path)
@@ -245,7 +249,7 @@ class TensorRTBackend:
                 try:
                     self._program = self._repacked(engines, job.workdir)
                     return
-                except (RuntimeError, ValueError, KeyError, WorkerError) as exc:
+                except (RuntimeError, ValueError, KeyError, OSError, WorkerError) as exc:
                     progress.say("refit", f"repacking the archive failed ({exc}); swapping engines in place")
             program = self._load(self._path)
             import torch
