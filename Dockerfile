@@ -6,9 +6,9 @@
 #   docker build --target worker   -t ghcr.io/trtrefit/trt-refit-worker:0.1.0 .
 #
 # operator: `trtrefit operator` (kopf, kubernetes, pydantic). Slim: no torch, no CUDA.
-# worker:   `trtrefit refit` in the refit Job: torch + torch-tensorrt from PyPI. Those wheels carry the
-#           CUDA runtime, cuDNN and TensorRT libraries; the node's NVIDIA container toolkit supplies the
-#           driver, so no CUDA base image is needed.
+# worker:   `trtrefit refit` in the refit Job: torch + torch-tensorrt, s3fs and gcsfs from PyPI. The torch
+#           and TensorRT wheels carry the CUDA runtime, cuDNN and TensorRT libraries; the node's NVIDIA
+#           container toolkit supplies the driver, so no CUDA base image is needed.
 #
 # Both run as the numeric non-root user 65532 so that `runAsNonRoot: true` can be verified by the
 # kubelet, and work with a read-only root filesystem (the chart mounts an emptyDir at /tmp).
@@ -29,7 +29,7 @@ FROM source AS wheels-operator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM source AS wheels-worker
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[worker,tensorrt]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[worker,tensorrt,gcs]"
 
 # ---------------------------------------------------------------------------------------------------------
 # What both images share: a virtualenv owned by root (the process cannot modify its own code) and the
@@ -70,6 +70,6 @@ LABEL org.opencontainers.image.title="trt-refit-worker" \
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     XDG_CACHE_HOME=/tmp/cache
 RUN --mount=type=bind,from=wheels-worker,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels "trtrefit[worker,tensorrt]==${VERSION}"
+    pip install --no-cache-dir --no-index --find-links /wheels "trtrefit[worker,tensorrt,gcs]==${VERSION}"
 USER 65532:65532
 CMD ["refit", "--help"]

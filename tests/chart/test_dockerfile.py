@@ -89,12 +89,12 @@ def test_operator_image_is_slim_and_worker_has_torch_tensorrt() -> None:
     operator_runs = " ".join(_values(stages["operator"], "RUN"))
     worker_runs = " ".join(_values(stages["worker"], "RUN"))
     assert "from=wheels-operator" in operator_runs and '"trtrefit==${VERSION}"' in operator_runs
-    assert "from=wheels-worker" in worker_runs and "trtrefit[worker,tensorrt]==${VERSION}" in worker_runs
+    assert "from=wheels-worker" in worker_runs and "trtrefit[worker,tensorrt,gcs]==${VERSION}" in worker_runs
     builds = {name: " ".join(_values(stages[name], "RUN")) for name in ("wheels-operator", "wheels-worker")}
     assert re.search(r"pip wheel .* \.$", builds["wheels-operator"]), (
         "the operator installs no extra (no torch)"
     )
-    assert '".[worker,tensorrt]"' in builds["wheels-worker"]
+    assert '".[worker,tensorrt,gcs]"' in builds["wheels-worker"]
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("torch-tensorrt==") for dep in extras["tensorrt"])
     assert any(dep.startswith("torch==") for dep in extras["worker"])
