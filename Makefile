@@ -48,5 +48,11 @@ test: venv tools lint ## everything CI runs
 bench: venv tools ## control-plane benchmark (CPU); see bench/README.md for the GPU one
 	$(PY) bench/controlplane.py
 
-clean: cluster-down
+demo: venv tools ## local control plane + chart + operator + S3 + a TRTModel rolled over end to end (CPU)
+	$(PY) hack/demo.py
+
+demo-down: ## stop everything `make demo` started
+	$(PY) hack/demo.py down
+
+clean: cluster-down demo-down
 	rm -rf .cluster .demo

@@ -13,13 +13,14 @@ from trtrefit import __version__
 def build_parser() -> argparse.ArgumentParser:
     from trtrefit.api.commands import add_crd_parser
     from trtrefit.controller.commands import add_operator_parser
-    from trtrefit.worker.commands import add_compile_parser, add_refit_parser
+    from trtrefit.worker.commands import add_checkpoint_parser, add_compile_parser, add_refit_parser
 
     parser = argparse.ArgumentParser(prog="trtrefit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trtrefit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_compile_parser(sub)
     add_refit_parser(sub)
+    add_checkpoint_parser(sub)
     add_operator_parser(sub)
     add_crd_parser(sub)
     return parser

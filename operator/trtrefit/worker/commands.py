@@ -4,6 +4,7 @@ imported here: the operator image has no torch, and `trtrefit crd` must stay fas
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import traceback
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from trtrefit.worker.verify import Tolerances
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_ENV = "TRTREFIT_TERMINATION_LOG"
 Subparsers = Any  # argparse's _SubParsersAction is private; the callers pass what add_subparsers returned
 
 
@@ -51,7 +53,8 @@ def add_refit_parser(sub: Subparsers) -> None:
     )
     parser.add_argument(
         "--termination-log",
-        default=DEFAULT_TERMINATION_LOG,
+        # A kubelet without a container filesystem (the e2e suite's) names the file through the environment.
+        default=os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG),
         metavar="PATH",
         help=f"where the result JSON also goes (default {DEFAULT_TERMINATION_LOG}, only if it exists)",
     )

@@ -1,0 +1,427 @@
+"""`make demo`: a TRTModel rolled over end to end on a local control plane; CPU backend, real parts.
+
+1. a local control plane (hack/localcluster.py) in .demo/cluster
+2. the Helm chart installed with its CRD; the operator runs on this machine with the chart's own
+   ServiceAccount token (kwok runs no containers), watching the namespace `demo`
+3. a real S3 protocol server (moto) on 127.0.0.1 holding a model bundle made by `trtrefit compile`
+4. a serving Deployment (kwok runs its pods) and a TRTModel; the refit pods are run by hack/fakekubelet.py,
+   which executes each pod's real `trtrefit refit` command and writes the pod status like a kubelet
+5. a checkpoint bump, and the rollover: progress, Events, final status, the Deployment's new engine
+
+Everything keeps running afterwards for you to try more; `make demo-down` stops it all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from localcluster import LOOPBACK, LocalCluster, Supervisor, Tools, free_port, write_kubeconfig
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = REPO / ".demo"
+CHART = REPO / "charts" / "trt-refit-operator"
+RELEASE, SYSTEM_NS, DEMO_NS = "trt-refit-operator", "trtrefit-system", "demo"
+MODEL = "trtrefit.worker.samples:small_cnn"
+INPUT_SHAPE = "8,3,32,32"
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "demo",
+    "AWS_SECRET_ACCESS_KEY": "demo-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+GROUP, VERSION, PLURAL = "trtrefit.dev", "v1alpha1", "trtmodels"
+FIRST, SECOND = "s3://ckpt/demo/step-1.safetensors", "s3://ckpt/demo/step-2.safetensors"
+TRTREFIT = str(Path(sys.executable).parent / "trtrefit")
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+
+
+def run(argv: Sequence[str], env: dict[str, str] | None = None, quiet: bool = False) -> str:
+    proc = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"demo: `{' '.join(argv)}` failed:\n{proc.stdout}{proc.stderr}")
+    if not quiet and proc.stdout.strip():
+        print(proc.stdout.rstrip())
+    return proc.stdout
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.1)
+    sys.exit(f"demo: nothing listens on {LOOPBACK}:{port} after {timeout:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+
+
+def make_bundle(out: Path) -> dict[str, Path]:
+    """`trtrefit compile` (CPU backend) plus checkpoints: two good ones and two bad ones to try."""
+    run(
+        [
+            TRTREFIT,
+            "compile",
+            "--model",
+            MODEL,
+            "--input-shape",
+            INPUT_SHAPE,
+            "--backend",
+            "exported",
+            "--output",
+            str(out / "bundle"),
+        ],
+        quiet=True,
+    )
+    checkpoints = {
+        "step-1": ("1", "jitter"),
+        "step-2": ("2", "jitter"),
+        "wrong-shape": ("3", "wrong-shape"),
+        "nonfinite": ("4", "nonfinite"),
+    }
+    files = {name: out / "bundle" / f"{name}.safetensors" for name in checkpoints}
+    for name, (seed, perturb) in checkpoints.items():
+        run(
+            [
+                TRTREFIT,
+                "checkpoint",
+                "--model",
+                MODEL,
+                "--seed",
+                seed,
+                "--perturb",
+                perturb,
+                "--output",
+                str(files[name]),
+            ],
+            quiet=True,
+        )
+    return files
+
+
+def upload(endpoint: str, bundle: Path, checkpoints: dict[str, Path]) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        secret=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=endpoint,
+    )
+    for bucket in ("models", "ckpt"):
+        fs.mkdir(bucket)
+    for name in ("engine.ep", "source.pt2", "inputs.safetensors"):
+        fs.put(str(bundle / name), f"models/demo/{name}")
+    for name, path in checkpoints.items():
+        fs.put(str(path), f"ckpt/demo/{path.name}")
+        print(f"  s3://ckpt/demo/{path.name}  ({name})")
+
+
+# ------------------------------------------------------------------------------------------ objects
+
+
+def serving_deployment() -> dict[str, Any]:
+    labels = {"app": "demo-server"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "demo-server"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": "ghcr.io/example/trt-server:1",
+                            "env": [{"name": "TRT_ENGINE_URI", "value": "s3://models/demo/engine.ep"}],
+                        }
+                    ]
+                },
+            },
+        },
+    }
+
+
+def trtmodel(checkpoint: str, refit_service_account: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TRTModel",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "engine": {"uri": "s3://models/demo/engine.ep"},
+            "source": {"uri": "s3://models/demo/source.pt2"},
+            "checkpoint": {"uri": checkpoint},
+            "verify": {
+                "inputs": {"uri": "s3://models/demo/inputs.safetensors"},
+                "rtol": 0.01,
+                "atol": 0.01,
+                "minCosineSimilarity": 0.999,
+            },
+            "publish": {"uri": "s3://models/demo/refits/"},
+            "refitJob": {
+                "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
+                "serviceAccountName": refit_service_account,
+                "device": "cpu",
+            },
+            "serving": {
+                "deploymentName": "demo-server",
+                "containerName": "server",
+                "engineEnvVar": "TRT_ENGINE_URI",
+            },
+        },
+    }
+
+
+def operator_kubeconfig(api: client.ApiClient, cluster: LocalCluster, path: Path) -> None:
+    """A kubeconfig with a token of the chart's operator ServiceAccount: the operator gets only its RBAC."""
+    token = (
+        client.CoreV1Api(api)
+        .create_namespaced_service_account_token(
+            RELEASE,
+            SYSTEM_NS,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=86400)
+            ),
+        )
+        .status.token
+    )
+    write_kubeconfig(
+        path, cluster.server, cluster.ca_file, token, user=f"system:serviceaccount:{SYSTEM_NS}:{RELEASE}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ watching
+
+
+def show_progress(
+    custom: client.CustomObjectsApi, until: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    """Print a `kubectl get trtm -w`-style line whenever phase or the leading condition changes."""
+    print(f"{'NAME':<6} {'PHASE':<11} {'CHECKPOINT':<42} {'READY':<6} MESSAGE")
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, DEMO_NS, PLURAL, "demo")
+        status = obj.get("status") or {}
+        conds = {c["type"]: c for c in status.get("conditions", [])}
+        ready = conds.get("Ready", {}).get("status", "-")
+        lead = next(
+            (
+                conds[t]
+                for t in ("Stalled", "Reconciling", "Ready")
+                if conds.get(t, {}).get("status") == "True"
+            ),
+            conds.get("Ready", {}),
+        )
+        line = (status.get("phase", "-"), obj["spec"]["checkpoint"]["uri"], ready, lead.get("message", ""))
+        if line != last:
+            print(f"{'demo':<6} {line[0]:<11} {line[1]:<42} {line[2]:<6} {line[3]}", flush=True)
+            last = line
+        if until(obj):
+            return dict(obj)
+        time.sleep(0.3)
+    sys.exit(f"demo: the TRTModel did not get there in {timeout:.0f} s; see {STATE / 'logs'}")
+
+
+def settled_on(checkpoint: str) -> Callable[[dict[str, Any]], bool]:
+    def check(obj: dict[str, Any]) -> bool:
+        status = obj.get("status") or {}
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        serving = ((status.get("serving") or {}).get("checkpoint") or {}).get("uri")
+        return bool(
+            ready
+            and serving == checkpoint
+            and status.get("observedGeneration") == obj["metadata"]["generation"]
+        )
+
+    return check
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def start_cluster(tools: Tools) -> LocalCluster:
+    say("1/6 local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok (2 GPU nodes)")
+    cluster = LocalCluster(workdir=STATE / "cluster", tools=tools)
+    cluster.start()
+    run([str(tools.kubectl), "get", "nodes", "-L", "nvidia.com/gpu.product"], env=cluster.env())
+    return cluster
+
+
+def install_chart_and_operator(cluster: LocalCluster, api: client.ApiClient, procs: Supervisor) -> None:
+    say("2/6 helm install the chart (CRD, RBAC, ServiceAccounts); the operator runs here with its token")
+    env = cluster.env()
+    run([str(cluster.tools.kubectl), "create", "namespace", DEMO_NS], env=env, quiet=True)
+    helm = [str(cluster.tools.helm), "install", RELEASE, str(CHART), "--namespace", SYSTEM_NS]
+    run(
+        [*helm, "--create-namespace", "--set", "replicaCount=0", "--set", f"watchNamespaces={{{DEMO_NS}}}"],
+        env=env,
+    )
+    operator_kc = STATE / "operator.kubeconfig"
+    operator_kubeconfig(api, cluster, operator_kc)
+    metrics_port = free_port()
+    procs.spawn(
+        "operator",
+        [
+            TRTREFIT,
+            "operator",
+            "--kubeconfig",
+            str(operator_kc),
+            "--namespace",
+            DEMO_NS,
+            "--metrics-port",
+            str(metrics_port),
+            "--worker-image",
+            "ghcr.io/trtrefit/trt-refit-worker:0.1.0",
+        ],
+        env={**os.environ, "KUBECONFIG": str(operator_kc)},
+    )
+    print(f"  operator logs: {procs.log_file('operator')}; metrics: http://{LOOPBACK}:{metrics_port}/metrics")
+
+
+def start_s3_with_bundle(procs: Supervisor) -> str:
+    say("3/6 S3 server on loopback (moto) and a model bundle from `trtrefit compile` (CPU backend)")
+    port = free_port()
+    procs.spawn("s3", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)])
+    wait_port(port)
+    endpoint = f"http://{LOOPBACK}:{port}"
+    upload(endpoint, STATE / "bundle", make_bundle(STATE))
+    return endpoint
+
+
+def create_model(api: client.ApiClient, procs: Supervisor, cluster: LocalCluster, endpoint: str) -> None:
+    say("4/6 serving Deployment, S3 credentials Secret, the TRTModel; refit pods run by hack/fakekubelet.py")
+    client.CoreV1Api(api).create_namespaced_secret(
+        DEMO_NS,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="s3-credentials"),
+            string_data={**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint},
+        ),
+    )
+    client.AppsV1Api(api).create_namespaced_deployment(DEMO_NS, serving_deployment())
+    procs.spawn(
+        "fakekubelet",
+        [
+            sys.executable,
+            str(REPO / "hack" / "fakekubelet.py"),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--namespace",
+            DEMO_NS,
+        ],
+    )
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, DEMO_NS, PLURAL, trtmodel(FIRST, f"{RELEASE}-refit")
+    )
+    show_progress(custom, settled_on(FIRST), timeout=180)
+
+
+def bump_checkpoint(api: client.ApiClient) -> dict[str, Any]:
+    say("5/6 GitOps bumps the checkpoint: step-1 -> step-2")
+    custom = client.CustomObjectsApi(api)
+    patch = {"spec": {"checkpoint": {"uri": SECOND}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, DEMO_NS, PLURAL, "demo", patch)
+    return show_progress(custom, settled_on(SECOND), timeout=180)
+
+
+def report(api: client.ApiClient, cluster: LocalCluster, final: dict[str, Any]) -> None:
+    say("6/6 what a user sees")
+    env, kubectl = cluster.env(), str(cluster.tools.kubectl)
+    run([kubectl, "get", "trtm", "-n", DEMO_NS], env=env)
+    print()
+    run(
+        [
+            kubectl,
+            "get",
+            "events",
+            "-n",
+            DEMO_NS,
+            "--field-selector",
+            "involvedObject.kind=TRTModel",
+            "--sort-by=.lastTimestamp",
+            "-o",
+            "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+        ],
+        env=env,
+    )
+    status = final["status"]
+    print("\nstatus.serving:", json.dumps(status.get("serving"), indent=2))
+    print(
+        "status.lastRefit.verification:",
+        json.dumps((status.get("lastRefit") or {}).get("verification"), indent=2),
+    )
+    template = client.AppsV1Api(api).read_namespaced_deployment("demo-server", DEMO_NS).spec.template
+    engine = next(e.value for e in template.spec.containers[0].env if e.name == "TRT_ENGINE_URI")
+    print(f"\nDeployment demo-server now serves {engine}")
+    print(f"  pod template annotations: {json.dumps(template.metadata.annotations)}")
+    patch = 'kubectl patch trtm -n demo demo --type merge -p \'{"spec":{"checkpoint":{"uri":"%s"}}}\''
+    print(f"""
+\033[1mTry next\033[0m (everything is still running):
+  export KUBECONFIG={cluster.kubeconfig} PATH={os.pathsep.join(str(d) for d in cluster.tools.bin_dirs)}:$PATH
+  kubectl get trtm -n demo -w
+  kubectl describe trtm -n demo demo
+  # a checkpoint whose shapes do not match the engine: Failed and Stalled, serving untouched
+  {patch % "s3://ckpt/demo/wrong-shape.safetensors"}
+  # a checkpoint with non-finite weights: Verified=False with the numbers, serving untouched
+  {patch % "s3://ckpt/demo/nonfinite.safetensors"}
+  # recover with a good one
+  {patch % FIRST}
+  logs: {STATE / "logs"} (operator, fakekubelet, s3) and {STATE / "cluster" / "logs"}
+Tear down: make demo-down""")
+
+
+def up() -> int:
+    tools = Tools.from_cache()
+    down(quiet=True)
+    shutil.rmtree(STATE, ignore_errors=True)  # a fresh cluster (etcd data included) every run
+    STATE.mkdir()
+    procs = Supervisor(STATE)
+    cluster = start_cluster(tools)
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    install_chart_and_operator(cluster, api, procs)
+    endpoint = start_s3_with_bundle(procs)
+    create_model(api, procs, cluster, endpoint)
+    report(api, cluster, bump_checkpoint(api))
+    return 0
+
+
+def down(quiet: bool = False) -> int:
+    stopped = Supervisor(STATE).stop()
+    cluster_dir = STATE / "cluster"
+    if cluster_dir.exists():
+        cluster = LocalCluster(workdir=cluster_dir, tools=Tools.from_cache())
+        stopped.update(cluster.running_pids())
+        cluster.stop()
+    if not quiet:
+        print(f"demo: stopped {', '.join(stopped) or 'nothing (not running)'}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    if argv[1:] == ["down"]:
+        return down()
+    try:
+        return up()
+    except ApiException as exc:
+        sys.exit(f"demo: API error {exc.status} {exc.reason}: {exc.body}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
