@@ -34,6 +34,7 @@ class Outcome:
     observed: Observed
     done: tuple[Action, ...]
     retry_after: float | None = None
+    retry_reason: str = ""
 
 
 def execute(
@@ -47,6 +48,7 @@ def execute(
 ) -> Outcome:
     done: list[Action] = []
     retry: float | None = None
+    reasons: list[str] = []
     for action in actions:
         if isinstance(action, CreateJob):
             observed, ok, delay = _create_job(cluster, model, desired, observed, config)
@@ -60,7 +62,10 @@ def execute(
             done.append(action)
         if delay is not None:
             retry = delay if retry is None else min(retry, delay)
-    return Outcome(observed, tuple(done), retry)
+            reasons.append(
+                observed.job_blocked or f"the Deployment changed while {type(action).__name__} ran"
+            )
+    return Outcome(observed, tuple(done), retry, "; ".join(reasons))
 
 
 def _create_job(

@@ -46,7 +46,8 @@ async def pass_or_retry(runtime: Runtime, namespace: str, name: str) -> None:
     except InvalidSpecError as exc:
         raise kopf.PermanentError(str(exc)) from exc
     if result.retry_after is not None:
-        raise kopf.TemporaryError("the pass must look again soon", delay=result.retry_after)
+        message = f"{result.retry_reason}; again in {result.retry_after:g} s"
+        raise kopf.TemporaryError(message, delay=result.retry_after)
 
 
 async def pass_with_attempts(runtime: Runtime, namespace: str, name: str, logger: kopf.Logger) -> None:

@@ -41,6 +41,7 @@ class PassResult:
     events: list[Event] = field(default_factory=list)
     finished: list[Finished] = field(default_factory=list)
     retry_after: float | None = None
+    retry_reason: str = ""
     wrote_status: bool = False
 
 
@@ -113,7 +114,13 @@ def reconcile(
     events = action_events(outcome.done, name, model.spec, desired.key)
     transitions, finished = status_events(model.status, status, model.spec)
     return PassResult(
-        reference(body), status.phase, events + transitions, finished, outcome.retry_after, wrote
+        reference=reference(body),
+        phase=status.phase,
+        events=events + transitions,
+        finished=finished,
+        retry_after=outcome.retry_after,
+        retry_reason=outcome.retry_reason,
+        wrote_status=wrote,
     )
 
 

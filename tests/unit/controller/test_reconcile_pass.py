@@ -161,6 +161,7 @@ def test_a_conflicting_deployment_patch_is_retried_soon() -> None:
     cluster.conflicts = 1
     first = run(cluster)
     assert first.retry_after == 1.0 and cluster.deployment_patches == []
+    assert first.retry_reason == "the Deployment changed while RollOut ran"
     assert [e.reason for e in first.events] == ["RefitPassed"]
     second = run(cluster)
     assert second.retry_after is None and len(cluster.deployment_patches) == 1
@@ -175,6 +176,7 @@ def test_a_foreign_job_with_the_same_name_blocks_and_retries() -> None:
     cluster.list_jobs = lambda namespace, model_uid: []  # type: ignore[method-assign]
     result = run(cluster)
     assert result.retry_after == 10.0 and result.phase == "Pending"
+    assert "belongs to another owner" in result.retry_reason
     reconciling = next(c for c in cluster.model["status"]["conditions"] if c["type"] == "Reconciling")
     assert "belongs to another owner" in reconciling["message"]
 
