@@ -50,7 +50,8 @@ def action_events(actions: Sequence[Action], model_name: str, spec: TRTModelSpec
                 Event(
                     NORMAL,
                     "RefitSuperseded",
-                    f"Deleted Job {action.job.name}: checkpoint changed to {action.superseded_by.uri}",
+                    f"Deleted Job {action.job.name}: superseded by the refit of checkpoint "
+                    f"{action.superseded_by.uri}",
                 )
             )
         elif isinstance(action, RollOut):
