@@ -15,7 +15,10 @@ from trtrefit.controller.reconcile import InvalidSpecError, PassResult, delete_r
 from trtrefit.controller.runtime import Runtime
 
 RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a second of a change
-EVENT_ATTEMPTS = 3  # watch-triggered passes are not retried by kopf; the resync covers what these miss
+# Watch-triggered passes are not retried by kopf: a few quick retries (a conflict clears in a second), and
+# the resync timer covers what waits longer, so a watch stream is never held up for long.
+EVENT_ATTEMPTS = 3
+QUICK_RETRY_SECONDS = 2.0
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -58,7 +61,7 @@ async def pass_with_attempts(runtime: Runtime, namespace: str, name: str, logger
         except InvalidSpecError as exc:
             logger.warning(f"TRTModel {namespace}/{name}: {exc}")
             return
-        if result.retry_after is None:
+        if result.retry_after is None or result.retry_after > QUICK_RETRY_SECONDS:
             return
         await asyncio.sleep(result.retry_after)
 
