@@ -290,7 +290,6 @@ def install_chart_and_operator(cluster: LocalCluster, api: client.ApiClient, pro
             "--worker-image",
             "ghcr.io/trtrefit/trt-refit-worker:0.1.0",
         ],
-        env={**os.environ, "KUBECONFIG": str(operator_kc)},
     )
     print(f"  operator logs: {procs.log_file('operator')}; metrics: http://{LOOPBACK}:{metrics_port}/metrics")
 

@@ -45,17 +45,6 @@ class S3:
         return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> S3:
     """A fresh bucket, and the standard AWS variables pointing s3fs (and subprocesses) at the server."""

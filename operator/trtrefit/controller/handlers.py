@@ -5,6 +5,7 @@ a serving Deployment. Handlers return nothing, so kopf writes nothing of theirs 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, cast
 
 import kopf
@@ -64,6 +65,17 @@ async def pass_with_attempts(runtime: Runtime, namespace: str, name: str, logger
         if result.retry_after is None or result.retry_after > QUICK_RETRY_SECONDS:
             return
         await asyncio.sleep(result.retry_after)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """--kubeconfig (exported as KUBECONFIG by `trtrefit operator`) first, else the pod's ServiceAccount.
+
+    kopf's default login goes through the kubernetes client, whose kubeconfig loader fixes its default path
+    when the module is imported, before the command line is read; kopf's own loaders read it when called."""
+    if os.environ.get("KUBECONFIG"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -1,0 +1,64 @@
+"""The whole flow on the local control plane with the CPU backend: the real operator (a subprocess), a real
+S3 protocol server, a bundle made by `trtrefit compile`, and hack/fakekubelet.py running each refit pod's
+real `trtrefit refit` command from the pod spec the operator created."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import s3fs
+from kubernetes import client
+
+from demo import S3_CREDENTIALS, make_bundle, upload
+from fakekubelet import FakeKubelet
+
+# The operator fixtures of the integration suite, shared: the CRD applied once, `trtrefit operator` per test.
+from tests.integration.conftest import operator, pytest_runtest_makereport, trtmodel_crd
+
+__all__ = ["operator", "pytest_runtest_makereport", "trtmodel_crd"]
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The bundle and checkpoints in S3 (s3://models/demo/..., s3://ckpt/demo/<name>.safetensors)."""
+
+    endpoint: str
+    local: dict[str, Path]
+
+    def fs(self) -> s3fs.S3FileSystem:
+        return s3fs.S3FileSystem(
+            key=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=self.endpoint,
+            skip_instance_cache=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def artifacts(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    out = tmp_path_factory.mktemp("bundle")
+    checkpoints = make_bundle(out)
+    upload(s3_server, out / "bundle", checkpoints)
+    return Artifacts(endpoint=s3_server, local=checkpoints)
+
+
+@pytest.fixture
+def kubelet(kube_api: client.ApiClient, namespace: str, artifacts: Artifacts) -> Iterator[FakeKubelet]:
+    """S3 credentials for the refit pods, and the fake kubelet running them."""
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="s3-credentials"),
+            string_data={**S3_CREDENTIALS, "AWS_ENDPOINT_URL": artifacts.endpoint},
+        ),
+    )
+    fake = FakeKubelet(api=kube_api, namespaces=[namespace])
+    thread = threading.Thread(target=fake.serve, daemon=True)
+    thread.start()
+    yield fake
+    fake.stop()
+    thread.join(30)
