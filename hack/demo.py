@@ -230,7 +230,8 @@ def show_progress(
             conds.get("Ready", {}),
         )
         line = (status.get("phase", "-"), obj["spec"]["checkpoint"]["uri"], ready, lead.get("message", ""))
-        if line != last:
+        current = status.get("observedGeneration") == obj["metadata"]["generation"]
+        if line != last and current:  # a status from before the last spec change says nothing new
             print(f"{'demo':<6} {line[0]:<11} {line[1]:<42} {line[2]:<6} {line[3]}", flush=True)
             last = line
         if until(obj):
@@ -269,10 +270,14 @@ def install_chart_and_operator(cluster: LocalCluster, api: client.ApiClient, pro
     env = cluster.env()
     run([str(cluster.tools.kubectl), "create", "namespace", DEMO_NS], env=env, quiet=True)
     helm = [str(cluster.tools.helm), "install", RELEASE, str(CHART), "--namespace", SYSTEM_NS]
+    # replicaCount=0: kwok runs no containers, so the operator runs on this machine instead, with the chart's
+    # ServiceAccount token (the chart's RBAC is what it gets).
     run(
         [*helm, "--create-namespace", "--set", "replicaCount=0", "--set", f"watchNamespaces={{{DEMO_NS}}}"],
         env=env,
+        quiet=True,
     )
+    run([str(cluster.tools.helm), "list", "--namespace", SYSTEM_NS], env=env)
     operator_kc = STATE / "operator.kubeconfig"
     operator_kubeconfig(api, cluster, operator_kc)
     metrics_port = free_port()

@@ -180,38 +180,48 @@ class FakeKubelet:
             self.on_finished(pod.metadata.name, proc.returncode)
 
     def _write_status(self, core: Any, pod: Any, started: str, exit_code: int, message: str) -> None:
-        finished = _now()
-        container = pod.spec.containers[0]
-        status = {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": [
-                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished}
-            ],
-            "containerStatuses": [
-                {
-                    "name": container.name,
-                    "image": container.image,
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "started": False,
-                    "state": {
-                        "terminated": {
-                            "exitCode": exit_code,
-                            "reason": "Completed" if exit_code == 0 else "Error",
-                            "message": message,
-                            "startedAt": started,
-                            "finishedAt": finished,
-                        }
-                    },
-                }
-            ],
-        }
         try:
-            core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+            write_terminated(core, pod, started, exit_code, message)
         except ApiException as exc:
             if exc.status != 404:  # the Job (and its pod) may have been superseded meanwhile
                 raise
+
+
+def terminated_status(
+    container: Any, started: str, finished: str, exit_code: int, message: str
+) -> dict[str, Any]:
+    """The pod status a kubelet reports once the pod's one container has exited."""
+    return {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished}
+        ],
+        "containerStatuses": [
+            {
+                "name": container.name,
+                "image": container.image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {
+                    "terminated": {
+                        "exitCode": exit_code,
+                        "reason": "Completed" if exit_code == 0 else "Error",
+                        "message": message,
+                        "startedAt": started,
+                        "finishedAt": finished,
+                    }
+                },
+            }
+        ],
+    }
+
+
+def write_terminated(core: Any, pod: Any, started: str, exit_code: int, message: str) -> None:
+    """Patch the pod's status subresource as the kubelet does when its container exits."""
+    status = terminated_status(pod.spec.containers[0], started, _now(), exit_code, message)
+    core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

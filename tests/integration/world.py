@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from kubernetes import client
 
+from fakekubelet import write_terminated
 from tests.kubehelpers import wait_for
 from trtrefit.api.result import Outcome, PublishedEngine, RefitResult, Verification, exit_code
 from trtrefit.api.trtmodel import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -156,41 +156,10 @@ def running_pod(api: client.ApiClient, job: client.V1Job, timeout: float = 60) -
     return pod
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def finish_pod(api: client.ApiClient, pod: client.V1Pod, message: str, code: int) -> None:
     """Write what a kubelet would when the refit container exits: exit code, termination message, phase."""
-    container = pod.spec.containers[0]
-    status = {
-        "phase": "Succeeded" if code == 0 else "Failed",
-        "conditions": [
-            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": _now()}
-        ],
-        "containerStatuses": [
-            {
-                "name": container.name,
-                "image": container.image,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {
-                    "terminated": {
-                        "exitCode": code,
-                        "reason": "Completed" if code == 0 else "Error",
-                        "message": message,
-                        "startedAt": pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "finishedAt": _now(),
-                    }
-                },
-            }
-        ],
-    }
-    client.CoreV1Api(api).patch_namespaced_pod_status(
-        pod.metadata.name, pod.metadata.namespace, {"status": status}
-    )
+    started = pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    write_terminated(client.CoreV1Api(api), pod, started, code, message)
 
 
 def publish_arg(pod: client.V1Pod) -> str:
