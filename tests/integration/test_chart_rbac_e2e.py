@@ -16,6 +16,7 @@ real kstatus library Flux waits with.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,9 @@ from tests.chart.helmtool import CHART, helm_on_cluster, set_args
 from tests.chart.kstatus import kstatus
 from tests.kubehelpers import wait_for
 from trtrefit.api.result import Outcome, PublishedEngine, RefitResult, Verification, exit_code
+from trtrefit.api.spec import TRTModelSpec
+from trtrefit.controller.desired import desired_refit
+from trtrefit.controller.naming import job_name
 
 pytestmark = pytest.mark.integration
 
@@ -333,10 +337,35 @@ def _no_permission_errors(operator: Operator) -> None:
         assert sign not in log, f"the operator hit an RBAC refusal ({sign!r}):\n{log[-4000:]}"
 
 
+def _squat_job_name(admin: client.ApiClient, namespace: str, spec: dict[str, Any]) -> str:
+    """Take the refit Job's name before the operator does (a suspended Job of another owner): the operator's
+    create gets 409 and it reads the Job to see whose it is (the `get` verb), then waits for it to go."""
+    name = job_name("tiny", desired_refit(TRTModelSpec.model_validate(spec)).key)
+    squatter = client.V1Job(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1JobSpec(
+            suspend=True,
+            template=client.V1PodTemplateSpec(
+                spec=client.V1PodSpec(
+                    restart_policy="Never", containers=[client.V1Container(name="c", image="example/other:1")]
+                )
+            ),
+        ),
+    )
+    client.BatchV1Api(admin).create_namespaced_job(namespace, squatter)
+    return name
+
+
 def _drive_one_model(
-    admin: client.ApiClient, operator: Operator, namespace: str, refit_account: str | None
+    admin: client.ApiClient,
+    operator: Operator,
+    namespace: str,
+    refit_account: str | None,
+    *,
+    squat: bool = False,
 ) -> list[dict[str, Any]]:
-    """New checkpoint -> Ready with the Deployment patched; bump -> Stalled; delete. Returns statuses seen."""
+    """New checkpoint -> Ready with the Deployment patched; bump -> Stalled; delete. Returns statuses seen.
+    With `squat`, the refit Job's name is first taken by someone else's Job."""
     core, apps, custom = client.CoreV1Api(admin), client.AppsV1Api(admin), client.CustomObjectsApi(admin)
     apps.create_namespaced_deployment(namespace, _serving_deployment(namespace))
     wait_for(
@@ -347,10 +376,17 @@ def _drive_one_model(
         timeout=60,
         what="the serving Deployment to be available",
     )
-    custom.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, _model("tiny", "s3://ckpt/tiny/step-1.safetensors", refit_account)
-    )
+    first = _model("tiny", "s3://ckpt/tiny/step-1.safetensors", refit_account)
+    squatter = _squat_job_name(admin, namespace, first["spec"]) if squat else None
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, first)
     model = Watcher(custom, namespace, "tiny")
+    if squatter is not None:
+        wait_for(
+            lambda: "belongs to another owner" in json.dumps(model.read().get("status", {})),
+            timeout=60,
+            what="the operator to report the Job name taken",
+        )
+        client.BatchV1Api(admin).delete_namespaced_job(squatter, namespace, propagation_policy="Background")
 
     # 1. The operator creates the refit Job; its pod runs as the chart's token-less refit ServiceAccount.
     pod = _refit_pod(core, namespace, exclude=set())
@@ -480,7 +516,7 @@ def test_namespaced_release_drives_a_model_in_its_namespace_only(
     )
     operator = _start_operator(admin, own_cluster, tmp_path, "team", "team-ops")
     try:
-        _drive_one_model(admin, operator, "team-a", refit_account="team-trt-refit-operator-refit")
+        _drive_one_model(admin, operator, "team-a", refit_account="team-trt-refit-operator-refit", squat=True)
         # Outside its namespaces the operator neither acts nor could: no status, no Job.
         other = custom.get_namespaced_custom_object(GROUP, VERSION, "team-b", PLURAL, "other")
         assert "status" not in other and other["metadata"]["uid"] == elsewhere["metadata"]["uid"]
