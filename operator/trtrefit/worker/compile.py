@@ -67,7 +67,7 @@ def compile_bundle(request: CompileRequest) -> str:
     timings: dict[str, float] = {}
     inputs = generate([InputSpec(shape, request.dtype) for shape in request.shapes], request.seed)
     started = time.perf_counter()
-    source = _source_program(request, inputs)
+    source = _source_program(request, inputs, backend)
     timings["export"] = round(time.perf_counter() - started, 3)
     programs.save_program(source, out / "source.pt2")
     save_inputs(inputs, out / "inputs.safetensors")
@@ -80,7 +80,11 @@ def compile_bundle(request: CompileRequest) -> str:
     return text
 
 
-def _source_program(request: CompileRequest, inputs: list[torch.Tensor]) -> ExportedProgram:
+def _source_program(request: CompileRequest, inputs: list[torch.Tensor], backend: str) -> ExportedProgram:
+    """The program to compile. For TensorRT the model is traced on the GPU, then stored with CPU weights:
+    a CPU trace can record layouts only the CPU kernels produce (torchvision's attention reshapes the
+    scaled_dot_product_attention output with a plain view that the CUDA kernels' strides do not allow),
+    so the program would neither lower for TensorRT nor run as the CUDA reference."""
     import torch
 
     if request.program is not None:
@@ -91,12 +95,14 @@ def _source_program(request: CompileRequest, inputs: list[torch.Tensor]) -> Expo
     model = build(request.model, request.seed)
     if request.dtype in FLOAT_DTYPES:
         model = model.to(getattr(torch, request.dtype))
+    device = "cuda" if backend == "tensorrt" else "cpu"
     try:
         with programs.quiet_torch():
-            return torch.export.export(model, tuple(inputs))
+            exported = torch.export.export(model.to(device), tuple(t.to(device) for t in inputs))
     except (RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerError(f"--model {request.model}: torch.export failed: {first}") from exc
+    return programs.to_device(exported, "cpu")
 
 
 def _compile_engine(
