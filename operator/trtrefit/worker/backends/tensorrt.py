@@ -247,7 +247,7 @@ class TensorRTBackend:
         with progress.stage("refit.install"):
             if not self._torch_weights:
                 try:
-                    self._program = self._repacked(engines, job.workdir)
+                    self._program = self._repacked(engines, job.workdir, progress)
                     return
                 except (RuntimeError, ValueError, KeyError, OSError, WorkerError) as exc:
                     progress.say("refit", f"repacking the archive failed ({exc}); swapping engines in place")
@@ -262,15 +262,17 @@ class TensorRTBackend:
                 program.state_dict[name] = tensor
             self._program = program
 
-    def _repacked(self, engines: dict[str, bytes], workdir: Path) -> ExportedProgram:
+    def _repacked(self, engines: dict[str, bytes], workdir: Path, progress: Progress) -> ExportedProgram:
         packed = workdir / "tensorrt-refitted.ep"
-        replacements = {}
-        for entry in self._engines:
-            info = list(entry.info)
-            info[ENGINE_IDX] = base64.b64encode(engines[entry.fqn]).decode()
-            replacements[entry.record] = custom_object_bytes(ENGINE_QUALIFIED_NAME, info)
-        repack(self._path, packed, replacements)
-        program = self._load(packed)
+        with progress.stage("refit.install.repack"):
+            replacements = {}
+            for entry in self._engines:
+                info = list(entry.info)
+                info[ENGINE_IDX] = base64.b64encode(engines[entry.fqn]).decode()
+                replacements[entry.record] = custom_object_bytes(ENGINE_QUALIFIED_NAME, info)
+            repack(self._path, packed, replacements)
+        with progress.stage("refit.install.load"):
+            program = self._load(packed)
         self._packed = packed
         return program
 

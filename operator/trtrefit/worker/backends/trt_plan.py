@@ -30,8 +30,12 @@ FLOAT_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
 
 @dataclass(frozen=True)
 class FromCheckpoint:
+    """A checkpoint tensor, optionally transposed (2-D) and/or broadcast to `shape`: Torch-TensorRT folds
+    parameter-only expressions into constants, e.g. ViT's class token expanded to the batch."""
+
     name: str
     transpose: bool = False
+    shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,9 @@ def _from_record(entry: Any, checkpoint: Mapping[str, TensorSpec]) -> tuple[Weig
         name = str(entry["name"])
         if name not in checkpoint:
             return None, f"recorded as '{name}', which the checkpoint lacks"
-        return FromCheckpoint(name, bool(entry.get("transpose", False))), ""
+        shape = entry.get("shape")
+        broadcast = tuple(int(d) for d in shape) if isinstance(shape, list) else None
+        return FromCheckpoint(name, bool(entry.get("transpose", False)), broadcast), ""
     if kind == "constant":
         return Constant(tuple(float(v) for v in entry["values"])), ""
     if kind == "batchnorm":
@@ -211,6 +217,13 @@ def materialize(
         if not value.is_floating_point() and dtype.is_floating_point:
             raise PlanMismatchError(f"'{source.name}' is {value.dtype}, the engine weight {dtype}")
         value = value.t() if source.transpose else value
+        if source.shape is not None:
+            try:
+                value = value.broadcast_to(source.shape)
+            except RuntimeError as exc:
+                raise PlanMismatchError(
+                    f"'{source.name}' does not broadcast to {list(source.shape)}"
+                ) from exc
     elif isinstance(source, Constant):
         value = torch.tensor(source.values, dtype=torch.float64)
         if value.numel() == 1 and count > 1:

@@ -35,7 +35,10 @@ SMALL_CONSTANT = 64
 
 def _entry(source: WeightSource) -> dict[str, Any]:
     if isinstance(source, FromCheckpoint):
-        return {"kind": "checkpoint", "name": source.name, "transpose": source.transpose}
+        entry: dict[str, Any] = {"kind": "checkpoint", "name": source.name, "transpose": source.transpose}
+        if source.shape is not None:
+            entry["shape"] = list(source.shape)
+        return entry
     if isinstance(source, Constant):
         return {"kind": "constant", "values": list(source.values)}
     return {"kind": "batchnorm", "module": source.module, "eps": source.eps, "part": source.part}
@@ -58,13 +61,19 @@ def _reproduces(source: WeightSource, state: Mapping[str, torch.Tensor], value: 
 def _match_by_value(
     name: str, value: torch.Tensor, state: Mapping[str, torch.Tensor]
 ) -> FromCheckpoint | None:
-    """The one floating state tensor equal to `value` as is or transposed; ties broken by module path."""
+    """The one floating state tensor equal to `value` as is, transposed, or broadcast to its shape (a
+    parameter-only expression Torch-TensorRT folded, such as an expanded class token); ties broken by
+    module path."""
     flat = value.reshape(-1).cpu()
     candidates = []
     for key, tensor in state.items():
-        if not tensor.is_floating_point() or tensor.numel() != flat.numel():
+        if not tensor.is_floating_point():
             continue
         cast = tensor.detach().to(flat.dtype)
+        if tensor.numel() != flat.numel():
+            if _broadcasts_to(cast, value):
+                candidates.append(FromCheckpoint(key, shape=tuple(value.shape)))
+            continue
         if _equal(cast.reshape(-1), flat):
             candidates.append(FromCheckpoint(key))
         elif cast.dim() == 2 and _equal(cast.t().reshape(-1), flat):
@@ -75,6 +84,20 @@ def _match_by_value(
             c for c in candidates if module and (c.name == module or c.name.startswith(module + "."))
         ]
     return candidates[0] if len(candidates) == 1 else None
+
+
+def _broadcasts_to(tensor: torch.Tensor, value: torch.Tensor) -> bool:
+    """`tensor` (more than one element: a lone scalar equals too many things) broadcast to `value`'s
+    shape is `value`."""
+    import torch
+
+    if tensor.numel() <= 1 or value.numel() % tensor.numel() != 0:
+        return False
+    try:
+        expanded = tensor.broadcast_to(value.shape)
+    except RuntimeError:
+        return False
+    return bool(torch.equal(expanded, value.cpu()))
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
