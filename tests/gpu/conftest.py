@@ -19,6 +19,11 @@ def _missing() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The marker is registered in pyproject.toml too; on the device pytest runs with `-c /dev/null`."""
+    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU with TensorRT; skipped where there is none")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = _missing()
     here = Path(__file__).parent
