@@ -7,8 +7,9 @@ the bundle with `trtrefit compile --backend tensorrt`, writes a checkpoint with 
   fast      the whole `trtrefit refit --refit-path fast` pipeline in-process (fetch = hashing the local
             files, check, refit, verify, publish), repeated; the refit stage split into load,
             deserialize, set_weights, engine refit, serialize, install
-  stock     torch_tensorrt.dynamo.refit_module_weights(program, new ExportedProgram), weight-map cache on
-            and off, then verified the same way
+  stock     torch_tensorrt.dynamo.refit_module_weights(program, new ExportedProgram), weight-map cache off
+            (it re-runs the converters on the new weights; the cache path hard-codes BatchNorm eps) and
+            optionally on, then verified the same way
   recompile torch_tensorrt.dynamo.compile of the source program carrying the new weights
 
 Writes gpu_refit.json and gpu_refit.md into --out. On the lent H200 (../shared/gpu/README.md):
@@ -27,15 +28,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODELS = {"resnet50": "trtrefit.worker.samples:resnet50", "vit_b_16": "trtrefit.worker.samples:vit_b_16"}
-TOLERANCES = {"rtol": 1e-2, "atol": 1e-2, "min_cosine_similarity": 0.999}
+MODELS = {
+    "resnet50": "trtrefit.worker.samples:resnet50",
+    "vit_b_16": "trtrefit.worker.samples:vit_b_16",
+}
+# Per model, as in tests/gpu: TensorRT-RTX's fp32 engines are ~6e-4 of the largest output away from a
+# float64 run, and these random-statistics resnets produce outputs up to ~1300.
+TOLERANCES = {
+    "resnet50": {"rtol": 1e-2, "atol": 2.0, "min_cosine_similarity": 0.99999},
+    "vit_b_16": {"rtol": 1e-2, "atol": 1e-2, "min_cosine_similarity": 0.99999},
+}
 FAST_STAGES = (
-    "refit.load",
     "refit.deserialize",
     "refit.set_weights",
     "refit.engine",
     "refit.serialize",
-    "refit.install",
+    "refit.install.repack",
+    "refit.install.load",
 )
 
 
@@ -49,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="fast-path runs per model")
     parser.add_argument(
-        "--stock", default="on,off", help="refit_module_weights weight-map cache modes to time"
+        "--stock", default="off", help="refit_module_weights weight-map cache modes to time (on,off)"
     )
     parser.add_argument("--no-recompile", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": versions(),
+        "versions": {**versions(), "cuda": _cuda_version(), "driver": _driver_version()},
         "batch": args.batch,
         "tolerances": TOLERANCES,
         "models": {},
@@ -91,19 +100,19 @@ def bench_model(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
         "compile_s": manifest["timings"]["compile"],
         "export_s": manifest["timings"]["export"],
         "record": manifest.get("refitRecord"),
-        "fast": bench_fast(root, checkpoint, args.repeat),
+        "fast": bench_fast(root, checkpoint, args.repeat, TOLERANCES[name]),
         "stock": {},
     }
     for mode in [m for m in args.stock.split(",") if m]:
         print(f"[bench] {name}: refit_module_weights, weight-map cache {mode}", file=sys.stderr, flush=True)
-        result["stock"][mode] = bench_stock(root, checkpoint, use_cache=mode == "on")
+        result["stock"][mode] = bench_stock(root, checkpoint, mode == "on", TOLERANCES[name])
     if not args.no_recompile:
         print(f"[bench] {name}: recompile", file=sys.stderr, flush=True)
-        result["recompile"] = bench_recompile(root, checkpoint)
+        result["recompile"] = bench_recompile(root, checkpoint, TOLERANCES[name])
     return result
 
 
-def bench_fast(root: Path, checkpoint: Path, repeat: int) -> dict[str, Any]:
+def bench_fast(root: Path, checkpoint: Path, repeat: int, tolerances: dict[str, float]) -> dict[str, Any]:
     from trtrefit.worker.progress import Progress
     from trtrefit.worker.refit import RefitRequest, run_refit
     from trtrefit.worker.verify import Tolerances
@@ -114,7 +123,7 @@ def bench_fast(root: Path, checkpoint: Path, repeat: int) -> dict[str, Any]:
         checkpoint=str(checkpoint),
         inputs=str(root / "inputs.safetensors"),
         publish=str(root / "refits"),
-        tolerances=Tolerances(**TOLERANCES),
+        tolerances=Tolerances(**tolerances),
         refit_path="fast",
     )
     runs: list[dict[str, Any]] = []
@@ -135,7 +144,7 @@ def bench_fast(root: Path, checkpoint: Path, repeat: int) -> dict[str, Any]:
     passed = [r for r in runs if r["outcome"] == "passed"]
     summary: dict[str, Any] = {"runs": runs, "passed": len(passed) == len(runs)}
     if passed:
-        for key in ("total", "refit", "verify", "check", "fetch", "publish", *FAST_STAGES):
+        for key in ("total", "refit", "verify", "check", "fetch", "publish", "refit.install", *FAST_STAGES):
             values = [r["timings"].get(key, 0.0) for r in passed]
             summary[f"{key}_median_s"] = round(statistics.median(values), 4)
     return summary
@@ -157,16 +166,23 @@ def _inputs(root: Path) -> list[Any]:
     return [t.cuda() for t in load_inputs(root / "inputs.safetensors", "inputs")]
 
 
-def _verified(outputs: list[Any], reference: Any, inputs: list[Any]) -> dict[str, Any]:
+def _verified(
+    outputs: list[Any], reference: Any, inputs: list[Any], tolerances: dict[str, float]
+) -> dict[str, Any]:
     from trtrefit.worker import programs
+    from trtrefit.worker.refit import exact_fp32
     from trtrefit.worker.verify import Tolerances, verify
 
-    report = verify(outputs, programs.run(reference, inputs), Tolerances(**TOLERANCES))
+    with exact_fp32("cuda"):
+        expected = programs.run(reference, inputs)
+    report = verify(outputs, expected, Tolerances(**tolerances))
     numbers = report.verification.model_dump(by_alias=True, exclude={"outputs"})
     return {**numbers, "message": report.message}
 
 
-def bench_stock(root: Path, checkpoint: Path, use_cache: bool) -> dict[str, Any]:
+def bench_stock(
+    root: Path, checkpoint: Path, use_cache: bool, tolerances: dict[str, float]
+) -> dict[str, Any]:
     import torch
     from torch.utils import _pytree
 
@@ -192,11 +208,11 @@ def bench_stock(root: Path, checkpoint: Path, use_cache: bool) -> dict[str, Any]
     return {
         "load_s": round(loaded - started, 3),
         "refit_module_weights_s": round(done - loaded, 3),
-        "verification": _verified(outputs, new_weights, inputs),
+        "verification": _verified(outputs, new_weights, inputs, tolerances),
     }
 
 
-def bench_recompile(root: Path, checkpoint: Path) -> dict[str, Any]:
+def bench_recompile(root: Path, checkpoint: Path, tolerances: dict[str, float]) -> dict[str, Any]:
     import torch
     from torch.utils import _pytree
 
@@ -217,7 +233,32 @@ def bench_recompile(root: Path, checkpoint: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     with torch.inference_mode():
         outputs = [t for t in _pytree.tree_leaves(compiled(*inputs)) if isinstance(t, torch.Tensor)]
-    return {"compile_s": round(seconds, 3), "verification": _verified(outputs, new_weights, inputs)}
+    return {
+        "compile_s": round(seconds, 3),
+        "verification": _verified(outputs, new_weights, inputs, tolerances),
+    }
+
+
+def _cuda_version() -> str:
+    import torch
+
+    return str(torch.version.cuda)
+
+
+def _driver_version() -> str:
+    import subprocess
+
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return found.stdout.strip().splitlines()[0] if found.stdout.strip() else "unknown"
 
 
 def write(report: dict[str, Any], out: Path) -> None:
@@ -230,11 +271,29 @@ def _s(value: Any) -> str:
     return f"{value:.2f} s" if isinstance(value, (int, float)) else "—"
 
 
+def _checked(verification: dict[str, Any] | None) -> str:
+    if not verification:
+        return "not verified"
+    verdict = "verified" if verification.get("passed") else "**FAILED verification**"
+    return (
+        f"{verdict}: max abs {verification['maxAbsError']:.3g}, "
+        f"cosine {verification['minCosineSimilarity']:.7f}"
+    )
+
+
 def _stock_cell(stock: dict[str, Any] | None) -> str:
     if not stock:
         return "—"
-    verdict = "verified" if stock["verification"]["passed"] else "**wrong outputs**"
-    return f"{_s(stock['refit_module_weights_s'])} ({verdict})"
+    verdict = _checked(stock["verification"])
+    return f"{_s(stock['refit_module_weights_s'])} + load {_s(stock['load_s'])} ({verdict})"
+
+
+def _fast_cell(fast: dict[str, Any]) -> str:
+    first = fast["runs"][0]
+    if not fast["passed"]:
+        return f"**{first['outcome']}**: {first['message'][:160]}"
+    split = f"refit {_s(fast.get('refit_median_s'))}, verify {_s(fast.get('verify_median_s'))}"
+    return f"{_s(fast.get('total_median_s'))} ({split}; {_checked(first['verification'])})"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -242,37 +301,35 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Refit on the GPU: trtrefit fast path vs refit_module_weights vs recompile",
         "",
-        f"{report['date']}; {versions}; batch {report['batch']}, fp32; tolerances {report['tolerances']}.",
+        f"{report['date']}; {versions}; batch {report['batch']}, fp32.",
         "",
-        "Artifacts already on local disk. *fast* is the whole `trtrefit refit` pipeline (hash inputs, check, "
-        "refit, verify against PyTorch, publish), median of the runs; its refit stage is split below.",
+        "Artifacts already on local disk. *fast* is the whole `trtrefit refit --refit-path fast` pipeline "
+        "(hash the inputs, check, refit, verify against PyTorch in IEEE fp32, publish), median of the runs; "
+        "its refit stage is split below. *stock* is `refit_module_weights` on the loaded program (load "
+        "shown apart). Every result is verified against the same PyTorch reference with the tolerances "
+        "in the JSON.",
         "",
-        "| model | weights | compile | fast: total (refit + verify) | refit_module_weights, cache on | "
-        "cache off | recompile |",
+        "| model | weights | compile | fast: total | refit_module_weights, cache off | cache on "
+        "| recompile |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, m in report["models"].items():
-        fast = m["fast"]
-        split = f"{_s(fast.get('refit_median_s'))} + {_s(fast.get('verify_median_s'))}"
-        fast_cell = (
-            f"{_s(fast.get('total_median_s'))} ({split})"
-            if fast["passed"]
-            else f"**failed**: {fast['runs'][0]['message'][:120]}"
-        )
         recompile = m.get("recompile")
         recompile_cell = (
-            f"{_s(recompile['compile_s'])} ({'verified' if recompile['verification']['passed'] else 'wrong'})"
-            if recompile
-            else "—"
+            f"{_s(recompile['compile_s'])} ({_checked(recompile['verification'])})" if recompile else "—"
         )
         lines.append(
-            f"| {name} | {m['weights_mb']} MB | {_s(m['compile_s'])} | {fast_cell} | "
-            f"{_stock_cell(m['stock'].get('on'))} | {_stock_cell(m['stock'].get('off'))} | {recompile_cell} |"
+            f"| {name} | {m['weights_mb']} MB | {_s(m['compile_s'])} | {_fast_cell(m['fast'])} | "
+            f"{_stock_cell(m['stock'].get('off'))} | {_stock_cell(m['stock'].get('on'))} | {recompile_cell} |"
         )
-    lines += ["", "Fast path refit stage, medians:", "", "| model | " + " | ".join(FAST_STAGES) + " |"]
-    lines.append("|---|" + "---|" * len(FAST_STAGES))
+    stages = ("fetch", "check", "refit", *FAST_STAGES, "verify", "publish", "total")
+    lines += ["", "Fast path per stage, medians (seconds):", "", "| model | " + " | ".join(stages) + " |"]
+    lines.append("|---|" + "---|" * len(stages))
     for name, m in report["models"].items():
-        cells = [_s(m["fast"].get(f"{stage}_median_s")) for stage in FAST_STAGES]
+        cells = [
+            f"{m['fast'][f'{stage}_median_s']:.3f}" if f"{stage}_median_s" in m["fast"] else "—"
+            for stage in stages
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Produced by:", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
