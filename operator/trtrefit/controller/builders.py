@@ -92,6 +92,9 @@ def _resources(job: RefitJobSpec, gpu_resource: str) -> Manifest:
     return {key: value for key, value in (("limits", limits), ("requests", requests)) if value}
 
 
+SCRATCH_VOLUME = "scratch"  # the refit pod's /tmp: downloads and the refitted program before upload
+
+
 def _container(model: TRTModel, image: str, config: OperatorConfig) -> Manifest:
     job = model.spec.refit_job
     container: Manifest = {
@@ -104,6 +107,13 @@ def _container(model: TRTModel, image: str, config: OperatorConfig) -> Manifest:
         "resources": _resources(job, config.gpu_resource),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # Restricted Pod Security: the worker image runs as a non-root user and writes only under /tmp.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": "/tmp"}],
     }
     if job.image_pull_policy is not None:
         container["imagePullPolicy"] = job.image_pull_policy.value
@@ -115,6 +125,10 @@ def _pod_spec(model: TRTModel, image: str, config: OperatorConfig) -> Manifest:
     pod: Manifest = {
         "restartPolicy": "Never",
         "containers": [_container(model, image, config)],
+        # The worker never calls the Kubernetes API: no token in the pod, whichever ServiceAccount it runs as.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}],
         "nodeSelector": dict(job.node_selector),
         "tolerations": [t.wire() for t in job.tolerations],
     }

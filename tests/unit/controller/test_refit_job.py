@@ -170,3 +170,19 @@ def test_env_and_env_from_pass_through_unchanged() -> None:
     )
     assert c["env"] == env
     assert c["envFrom"] == [{"prefix": "S3_", "configMapRef": {"name": "c"}}]
+
+
+def test_the_refit_pod_meets_restricted_pod_security_and_carries_no_api_token() -> None:
+    pod = job_of({"refitJob": {"serviceAccountName": "trt-refit"}})["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    worker = pod["containers"][0]
+    assert worker["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The root filesystem is read-only: downloads go to an emptyDir on /tmp.
+    (mount,) = worker["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    assert {"name": mount["name"], "emptyDir": {}} in pod["volumes"]
