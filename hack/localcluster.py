@@ -531,8 +531,8 @@ class LocalCluster:
                     },
                 },
                 "status": {
-                    "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
-                    "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+                    "capacity": {"cpu": "64", "memory": "512Gi", "pods": "1000", "nvidia.com/gpu": "8"},
+                    "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "1000", "nvidia.com/gpu": "8"},
                 },
             }
             try:

@@ -14,16 +14,32 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from localcluster import LocalCluster, free_port
+from localcluster import LocalCluster, free_port, running_cluster
 from tests.kubehelpers import wait_for
 from trtrefit.api.crd import CRD_PATH
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_IMAGE = "registry.example/trtrefit-worker:test"
+
+
+@pytest.fixture(scope="module")
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A control plane of the test module's own, for tests that install cluster-wide objects (a chart's CRD
+    and ClusterRoles) that must not meet the session cluster's."""
+    with running_cluster(tmp_path_factory.mktemp("own-cluster")) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def admin(own_cluster: LocalCluster) -> Iterator[client.ApiClient]:
+    """Cluster-admin client for `own_cluster`."""
+    api = config.new_client_from_config(config_file=str(own_cluster.kubeconfig))
+    yield api
+    api.close()
 
 
 @pytest.fixture(scope="session")

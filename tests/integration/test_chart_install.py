@@ -9,16 +9,15 @@ admission decides whether the chart's pod may exist.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from localcluster import LocalCluster, running_cluster
+from localcluster import LocalCluster
 from tests.chart.helmtool import CHART, REPO, helm_on_cluster, set_args
 from tests.kubehelpers import wait_for
 
@@ -29,19 +28,6 @@ NAMESPACE = "trtrefit-system"
 FULLNAME = "trt-trt-refit-operator"
 CRD_NAME = "trtmodels.trtrefit.dev"
 RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
-
-
-@pytest.fixture(scope="module")
-def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("chart-cluster")) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
-def admin(own_cluster: LocalCluster) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(own_cluster.kubeconfig))
-    yield api
-    api.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,21 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 
-from localcluster import LocalCluster, free_port, running_cluster, write_kubeconfig
+from localcluster import LocalCluster, free_port, write_kubeconfig
 from tests.chart.argocd import argocd_health
 from tests.chart.helmtool import CHART, helm_on_cluster, set_args
 from tests.chart.kstatus import kstatus
+from tests.integration.world import finish_pod, passed, verification_failed
 from tests.kubehelpers import wait_for
-from trtrefit.api.result import Outcome, PublishedEngine, RefitResult, Verification, exit_code
+from trtrefit.api.result import exit_code
 from trtrefit.api.spec import TRTModelSpec
 from trtrefit.controller.desired import desired_refit
 from trtrefit.controller.naming import job_name
@@ -46,19 +46,6 @@ pytestmark = pytest.mark.integration
 GROUP, VERSION, PLURAL = "trtrefit.dev", "v1alpha1", "trtmodels"
 ENGINE_SHA256_ANNOTATION = "trtrefit.dev/engine-sha256"
 OLD_ENGINE = "s3://models/tiny/engine.ep"
-
-
-@pytest.fixture(scope="module")
-def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("rbac-cluster")) as local:
-        yield local
-
-
-@pytest.fixture(scope="module")
-def admin(own_cluster: LocalCluster) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(own_cluster.kubeconfig))
-    yield api
-    api.close()
 
 
 @dataclass
@@ -275,62 +262,6 @@ def _refit_pod(core: client.CoreV1Api, namespace: str, exclude: set[str]) -> cli
     return wait_for(running, timeout=60, what="the refit pod to run")
 
 
-def _finish_refit_pod(core: client.CoreV1Api, pod: client.V1Pod, result: RefitResult) -> None:
-    """What the kubelet writes when the worker container exits: state, exit code, termination message."""
-    code = exit_code(result.outcome)
-    (container,) = pod.spec.containers
-    now = "2026-11-28T12:00:00Z"
-    status = {
-        "phase": "Succeeded" if code == 0 else "Failed",
-        "conditions": [
-            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
-        ],
-        "containerStatuses": [
-            {
-                "name": container.name,
-                "image": container.image,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "started": False,
-                "state": {
-                    "terminated": {
-                        "exitCode": code,
-                        "reason": "Completed" if code == 0 else "Error",
-                        "message": result.to_json(),
-                        "startedAt": now,
-                        "finishedAt": now,
-                    }
-                },
-            }
-        ],
-    }
-    core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
-
-
-def _passed(engine_sha: str) -> RefitResult:
-    return RefitResult(
-        outcome=Outcome.PASSED,
-        message="verified",
-        backend="exported",
-        engine=PublishedEngine(uri=f"s3://models/tiny/refits/{engine_sha}.ep", sha256=engine_sha),
-        verification=Verification(
-            passed=True, max_abs_error=1e-6, max_rel_error=1e-5, min_cosine_similarity=1.0
-        ),
-    )
-
-
-def _failed_verification() -> RefitResult:
-    return RefitResult(
-        outcome=Outcome.VERIFICATION_FAILED,
-        message="output_0: max abs error 0.31 > atol 0.01",
-        backend="exported",
-        verification=Verification(
-            passed=False, max_abs_error=0.31, max_rel_error=0.5, min_cosine_similarity=0.9
-        ),
-    )
-
-
 def _no_permission_errors(operator: Operator) -> None:
     log = operator.output()
     for sign in ("403", "Forbidden", "forbidden", "Not enough permissions"):
@@ -393,7 +324,7 @@ def _drive_one_model(
     if refit_account:
         assert pod.spec.service_account_name == refit_account
     model.wait_phase("Refitting")
-    _finish_refit_pod(core, pod, _passed("a" * 64))
+    finish_pod(admin, pod, passed(pod, "a" * 64).to_json(), 0)
 
     # 2. A verified refit: the Deployment's pod template gets the new engine and rolls; the model is Ready.
     ready = model.wait_phase("Ready", timeout=90)
@@ -416,7 +347,8 @@ def _drive_one_model(
         {"spec": {"checkpoint": {"uri": "s3://ckpt/tiny/step-2.safetensors"}}},
     )
     second = _refit_pod(core, namespace, exclude={pod.metadata.name})
-    _finish_refit_pod(core, second, _failed_verification())
+    failed = verification_failed()
+    finish_pod(admin, second, failed.to_json(), exit_code(failed.outcome))
     model.wait_phase("Failed", timeout=60)
     assert model.condition("Stalled")["status"] == "True"
     assert model.condition("Verified")["status"] == "False"
