@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,6 @@ MODELS = {
     "small_cnn": "trtrefit.worker.samples:small_cnn",
 }
 TOLERANCES = {"rtol": 1e-2, "atol": 1e-2}
-
-
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    import torch
-
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def compare(actual: Any, reference: Any) -> dict[str, Any]:
@@ -71,6 +58,7 @@ def torch_reference(spec: str, state: dict[str, Any], inputs: list[Any], mode: s
     """The factory's module with `state`, run on CUDA in float64, strict float32 or PyTorch defaults."""
     import torch
 
+    from trtrefit.worker.refit import exact_fp32
     from trtrefit.worker.samples import load_factory
 
     model = load_factory(spec)().eval()
@@ -78,7 +66,7 @@ def torch_reference(spec: str, state: dict[str, Any], inputs: list[Any], mode: s
     dtype = torch.float64 if mode == "fp64" else torch.float32
     model = model.to(device="cuda", dtype=dtype)
     args = [t.to(device="cuda", dtype=dtype) for t in inputs]
-    guard = contextlib.nullcontext() if mode == "default" else strict_fp32()
+    guard = contextlib.nullcontext() if mode == "default" else exact_fp32("cuda")
     with torch.inference_mode(), guard:
         return model(*args)
 
