@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 MODELS = {
+    "resnet18": "trtrefit.worker.samples:resnet18",
     "resnet50": "trtrefit.worker.samples:resnet50",
     "vit_b_16": "trtrefit.worker.samples:vit_b_16",
 }
 # Per model, as in tests/gpu: TensorRT-RTX's fp32 engines are ~6e-4 of the largest output away from a
 # float64 run, and these random-statistics resnets produce outputs up to ~1300.
 TOLERANCES = {
+    "resnet18": {"rtol": 1e-2, "atol": 2.0, "min_cosine_similarity": 0.99999},
     "resnet50": {"rtol": 1e-2, "atol": 2.0, "min_cosine_similarity": 0.99999},
     "vit_b_16": {"rtol": 1e-2, "atol": 1e-2, "min_cosine_similarity": 0.99999},
 }

@@ -41,6 +41,13 @@ def small_cnn() -> torch.nn.Module:
     return model.eval()
 
 
+def resnet18() -> torch.nn.Module:
+    """torchvision's resnet18 with trained-looking weights (BatchNorm statistics included)."""
+    import torchvision
+
+    return _trained_looking(torchvision.models.resnet18(weights=None))
+
+
 def resnet50() -> torch.nn.Module:
     """torchvision's resnet50 with trained-looking weights (BatchNorm statistics included)."""
     import torchvision
