@@ -77,3 +77,20 @@ def test_the_record_round_trips_into_a_plan_for_new_weights() -> None:
     assert engine_record(document, "renamed", set(record)) == record
     plan = plan_engine(record, {}, record, schema, {})
     assert plan.unresolved == {}
+
+
+def test_a_parameter_folded_and_broadcast_is_recorded_with_its_shape() -> None:
+    # ViT's class token (1, 1, D) expanded to the batch and folded by Torch-TensorRT into one constant.
+    torch.manual_seed(0)
+    state = {"class_token": torch.randn(1, 1, 16), "other.bias": torch.randn(16)}
+    captured = {"/expand CONSTANT": state["class_token"].expand(8, 1, 16).clone()}
+    record = explain_engine(captured, {}, state, {})
+    assert record["/expand CONSTANT"] == {
+        "kind": "checkpoint",
+        "name": "class_token",
+        "transpose": False,
+        "shape": [8, 1, 16],
+    }
+    # A large constant that no checkpoint tensor broadcasts to stays unknown: the fast path refuses it.
+    captured = {"/expand CONSTANT": torch.randn(8, 1, 16)}
+    assert explain_engine(captured, {}, state, {})["/expand CONSTANT"]["kind"] == "unknown"
