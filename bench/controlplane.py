@@ -37,6 +37,7 @@ from kubernetes import client, config, watch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO)]
 
+from demo import settled_on  # noqa: E402
 from localcluster import LocalCluster, Tools, free_port, read_versions  # noqa: E402
 from tests.integration.world import (  # noqa: E402  the integration suite's kubelet stand-in
     complete,
@@ -46,6 +47,7 @@ from tests.integration.world import (  # noqa: E402  the integration suite's kub
     serving_deployment,
     trtmodel,
 )
+from tests.kubehelpers import wait_for  # noqa: E402
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,21 +77,9 @@ def first_event(
     raise TimeoutError(f"no matching event from {list_fn.__name__} in {timeout} s")
 
 
-def wait(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(what)
-
-
 def ready_on(api: client.ApiClient, namespace: str, name: str, checkpoint: str) -> bool:
     model = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    status = model.get("status", {})
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
-    return bool(ready and status.get("serving", {}).get("checkpoint", {}).get("uri") == checkpoint)
+    return settled_on(checkpoint)(model)
 
 
 class Operator:
@@ -119,7 +109,7 @@ class Operator:
 def namespace(api: client.ApiClient, name: str) -> None:
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait(lambda: core.list_namespaced_service_account(name).items, 20, f"default SA in {name}")
+    wait_for(lambda: core.list_namespaced_service_account(name).items, 20, f"default SA in {name}")
 
 
 def api_floor(api: client.ApiClient, ns: str, repeat: int) -> list[float]:
@@ -148,9 +138,9 @@ def latencies(api: client.ApiClient, ns: str, repeat: int) -> dict[str, list[flo
     apps.create_namespaced_deployment(ns, serving_deployment(replicas=1))
     first = "s3://ckpt/tiny/step-0.safetensors"
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, trtmodel(checkpoint=first))
-    job = wait(lambda: refit_jobs(api, ns), 30, "first refit Job")[0]
+    job = wait_for(lambda: refit_jobs(api, ns), 30, "first refit Job")[0]
     complete(api, job)
-    wait(lambda: ready_on(api, ns, "tiny", first), 60, "first rollout Ready")
+    wait_for(lambda: ready_on(api, ns, "tiny", first), 60, "first rollout Ready")
 
     names = (
         "bump_to_job_created",
@@ -196,7 +186,9 @@ def latencies(api: client.ApiClient, ns: str, repeat: int) -> dict[str, list[flo
         out["pod_exit_to_job_complete"].append(completed - done)
         out["job_complete_to_deployment_patched"].append(patched - completed)
         out["pod_exit_to_deployment_patched"].append(patched - done)
-        wait(lambda c=checkpoint: ready_on(api, ns, "tiny", c), 60, f"Ready on {checkpoint}")
+        wait_for(
+            lambda c=checkpoint: ready_on(api, ns, "tiny", c), 60, f"Ready on {checkpoint}", interval=0.05
+        )
         out["pod_exit_to_ready"].append(time.monotonic() - done)
     return out
 
@@ -244,7 +236,7 @@ def hold_many(api: client.ApiClient, ns: str, count: int) -> float:
         ]
         return len(ready) == count
 
-    wait(all_ready, 900, f"{count} TRTModels Ready")
+    wait_for(all_ready, 900, f"{count} TRTModels Ready")
     stop.set()
     thread.join(10)
     return time.monotonic() - start

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,6 @@ class FakeKubelet:
     namespaces: Sequence[str]
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    on_finished: Callable[[str, int], None] | None = None
     _seen: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -176,8 +175,6 @@ class FakeKubelet:
                 container.termination_message_policy,
             )
         self._write_status(core, pod, started, proc.returncode, message)
-        if self.on_finished is not None:
-            self.on_finished(pod.metadata.name, proc.returncode)
 
     def _write_status(self, core: Any, pod: Any, started: str, exit_code: int, message: str) -> None:
         try:

@@ -350,10 +350,6 @@ class LocalCluster:
     def server(self) -> str:
         return f"https://{LOOPBACK}:{self.ports['apiserver']}"
 
-    @property
-    def ports_file(self) -> Path:
-        return self.workdir / "ports.json"
-
     def env(self) -> dict[str, str]:
         """Environment for subprocesses: KUBECONFIG and the built tools first on PATH."""
         path = os.pathsep.join([*(str(d) for d in self.tools.bin_dirs), os.environ.get("PATH", "")])
@@ -376,7 +372,6 @@ class LocalCluster:
             "controller_manager": free_port(),
             "scheduler": free_port(),
         }
-        self.ports_file.write_text(json.dumps(self.ports))
         write_kubeconfig(self.kubeconfig, self.server, self.ca_file, self.token)
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
         deadline = time.monotonic() + timeout
@@ -399,10 +394,6 @@ class LocalCluster:
     def running_pids(self) -> dict[str, int]:
         """Components that are still alive."""
         return self.processes.running()
-
-    def load_ports(self) -> None:
-        """Read back the ports of a cluster that another process started."""
-        self.ports = json.loads(self.ports_file.read_text())
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from demo import FIRST, SECOND, serving_deployment, trtmodel
+from demo import FIRST, SECOND, serving_deployment, settled_on, trtmodel
 from fakekubelet import FakeKubelet
 from tests.e2e.conftest import Artifacts
 from tests.integration.conftest import OperatorProcess
@@ -35,13 +35,12 @@ def _template(api: client.ApiClient, namespace: str) -> tuple[str, dict[str, str
 
 
 def _ready_on(api: client.ApiClient, namespace: str, checkpoint: str) -> dict[str, Any]:
+    """The status once the model is Ready serving `checkpoint` for its current generation."""
+    serves = settled_on(checkpoint)
+
     def settled() -> dict[str, Any] | None:
         model = get_model(api, namespace, NAME)
-        status = model.get("status", {})
-        current = status.get("observedGeneration") == model["metadata"]["generation"]
-        serving = status.get("serving", {}).get("checkpoint", {}).get("uri")
-        ready = condition(model, "Ready").get("status") == "True"
-        return status if current and ready and serving == checkpoint else None
+        return dict(model["status"]) if serves(model) else None
 
     return wait_for(settled, timeout=120, what=f"Ready serving {checkpoint}")
 
