@@ -1,0 +1,300 @@
+"""Where TensorRT's own engine refit (`Refitter.refit_cuda_engine`) spends its time, on the GPU.
+
+The fast path sets every engine weight in ~0.03 s; `refit_cuda_engine` then takes seconds on
+TensorRT-RTX. This script times that one call under conditions that tell fixed costs from per-byte costs:
+
+  first          fresh engine, every weight set, refit (what the fast path does)
+  second         the same Refitter again, every weight set again, refit
+  one            fresh engine, a single weight set, refit (TensorRT-RTX under-reports missing weights)
+  context_first  fresh engine, an execution context created first, then every weight set, refit
+
+each with the process CPU time (user, system) next to the wall time, and (unless --no-profile) a fifth
+refit under PyTorch's profiler: the CUDA kernels TensorRT runs during the call.
+
+--mode persist asks whether the cost is paid once per engine file: refit with checkpoint 1, then with
+checkpoint 2 on the same Refitter, on the first result serialized and deserialized again, and on the
+original engine; --mode from-primed repeats the middle one in a new process. Serialized digests show
+which results are the same engine.
+
+    source .gpu/b/stage2.sh && PYTHONPATH=operator:$PYTHONPATH python3 bench/trt_refit_anatomy.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = {
+    "resnet18": "trtrefit.worker.samples:resnet18",
+    "resnet50": "trtrefit.worker.samples:resnet50",
+    "vit_b_16": "trtrefit.worker.samples:vit_b_16",
+}
+
+
+def _cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+class Prepared:
+    """A compiled bundle's single engine, its refit plan and the new checkpoint, ready to refit."""
+
+    def __init__(self, name: str, root: Path, batch: int) -> None:
+        from trtrefit.worker import programs
+        from trtrefit.worker.backends.tensorrt import tensorrt_module
+        from trtrefit.worker.backends.trt_archive import read_engines, read_record
+        from trtrefit.worker.backends.trt_plan import batchnorm_eps
+        from trtrefit.worker.compile import CompileRequest, compile_bundle
+        from trtrefit.worker.formats import TensorSpec, load_checkpoint
+        from trtrefit.worker.samples import write_checkpoint
+
+        spec = MODELS[name]
+        if not (root / "engine.ep").exists():
+            compile_bundle(
+                CompileRequest(output=root, shapes=[(batch, 3, 224, 224)], backend="tensorrt", model=spec)
+            )
+        write_checkpoint(spec, 1, "jitter", root / "new.safetensors")
+        self.trt = tensorrt_module()
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.state = load_checkpoint(root / "new.safetensors", "checkpoint").state
+        self.specs = {n: TensorSpec.of(t) for n, t in self.state.items()}
+        self.eps = batchnorm_eps(programs.load_program(root / "source.pt2", "source"))
+        entries = read_engines(root / "engine.ep", "engine")
+        if len(entries) != 1:
+            raise SystemExit(f"{name}: expected one engine, found {len(entries)}")
+        self.entry = entries[0]
+        self.record = read_record(root / "engine.ep")
+        self.blob = self.entry.engine_bytes()
+        self.weights_mb = sum(t.numel() * t.element_size() for t in self.state.values()) / 1e6
+
+
+def refit_once(
+    p: Prepared,
+    *,
+    only: int | None = None,
+    context_first: bool = False,
+    refitter: Any = None,
+    engine: Any = None,
+    profile: bool = False,
+    state: dict[str, Any] | None = None,
+    blob: bytes | None = None,
+) -> dict[str, Any]:
+    import torch
+
+    from trtrefit.worker.backends.trt_plan import materialize, plan_engine
+    from trtrefit.worker.backends.trt_record import engine_record
+
+    trt = p.trt
+    row: dict[str, Any] = {}
+    if engine is None:
+        t = time.perf_counter()
+        engine = trt.Runtime(p.logger).deserialize_cuda_engine(blob or p.blob)
+        row["deserialize_s"] = time.perf_counter() - t
+    if context_first:
+        t = time.perf_counter()
+        context = engine.create_execution_context()
+        row["context_s"] = time.perf_counter() - t
+    if refitter is None:
+        refitter = trt.Refitter(engine, p.logger)
+    names = list(refitter.get_all_weights())
+    plan = plan_engine(
+        names, p.entry.weight_name_map(), engine_record(p.record, p.entry.name, set(names)), p.specs, p.eps
+    )
+    chosen = names if only is None else sorted(names, key=lambda n: "KERNEL" not in n)[:only]
+    keep = []
+    t = time.perf_counter()
+    for name in chosen:
+        proto = refitter.get_weights_prototype(name)
+        value = materialize(plan.sources[name], state or p.state, int(proto.size), torch.float32, "cuda")
+        keep.append(value)
+        refitter.set_named_weights(
+            name, trt.Weights(proto.dtype, value.data_ptr(), value.numel()), trt.TensorLocation.DEVICE
+        )
+    torch.cuda.synchronize()
+    row["set_weights_s"] = time.perf_counter() - t
+    row["weights_set"] = len(chosen)
+    row["weights_total"] = len(names)
+    row["missing_reported"] = len(list(refitter.get_missing_weights()))
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
+    ok, prof = _timed_refit(refitter, profile)
+    wall = time.perf_counter() - t0
+    cpu1 = _cpu()
+    row.update(refit_s=wall, ok=bool(ok), cpu_user_s=cpu1[0] - cpu0[0], cpu_sys_s=cpu1[1] - cpu0[1])
+    if prof is not None:
+        row["profile"] = _profile_summary(prof)
+    row["_refitter"], row["_engine"], row["_keep"] = refitter, engine, keep
+    if context_first:
+        del context
+    return row
+
+
+def _timed_refit(refitter: Any, profile: bool) -> tuple[bool, Any]:
+    """`refit_cuda_engine`, under PyTorch's profiler (CUDA activity) when asked."""
+    import torch
+
+    if not profile:
+        ok = refitter.refit_cuda_engine()
+        torch.cuda.synchronize()
+        return bool(ok), None
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        ok = refitter.refit_cuda_engine()
+        torch.cuda.synchronize()
+    return bool(ok), prof
+
+
+def _profile_summary(prof: Any) -> dict[str, Any]:
+    events = prof.events()
+    device = [
+        e for e in events if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)
+    ]
+    total_device_us = sum(getattr(e, "device_time_total", 0) or 0 for e in device)
+    table = prof.key_averages().table(
+        sort_by="self_device_time_total", row_limit=15, max_name_column_width=60
+    )
+    return {
+        "cuda_events": len(device),
+        "cuda_time_total_s": total_device_us / 1e6,
+        "table": table.splitlines(),
+    }
+
+
+def clean(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if not k.startswith("_")}
+
+
+def anatomy(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    t = time.perf_counter()
+    p = Prepared(name, root, args.batch)
+    report: dict[str, Any] = {
+        "prepare_s": round(time.perf_counter() - t, 2),
+        "weights_mb": round(p.weights_mb, 1),
+        "engine_mb": round(len(p.blob) / 1e6, 1),
+    }
+    first = refit_once(p)
+    report["first"] = clean(first)
+    print(f"[anatomy] {name} first: {first['refit_s']:.3f}s", file=sys.stderr, flush=True)
+    if args.only_first:
+        return report
+    second = refit_once(p, refitter=first["_refitter"], engine=first["_engine"])
+    report["second"] = clean(second)
+    del first, second
+    report["one"] = clean(refit_once(p, only=1))
+    report["context_first"] = clean(refit_once(p, context_first=True))
+    if args.profile:
+        try:
+            report["profiled"] = clean(refit_once(p, profile=True))
+        except Exception as exc:
+            report["profiled"] = {"error": f"{type(exc).__name__}: {exc}"}
+    for key in ("second", "one", "context_first", "profiled"):
+        value = report.get(key, {}).get("refit_s")
+        print(f"[anatomy] {name} {key}: {value}", file=sys.stderr, flush=True)
+    return report
+
+
+def serialized(p: Prepared, engine: Any) -> bytes:
+    trt = p.trt
+    config = engine.create_serialization_config()
+    config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
+    if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
+        config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
+    return bytes(engine.serialize_with_config(config))
+
+
+def persistence(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Is the cost of a first refit paid once per engine *file*? Refit with checkpoint 1 (priming), then
+    with checkpoint 2: on the same Refitter, on the primed engine re-deserialized, and on the original
+    engine; the serialized results' digests show whether they are the same engine."""
+    import hashlib
+
+    from trtrefit.worker.formats import load_checkpoint
+    from trtrefit.worker.samples import write_checkpoint
+
+    p = Prepared(name, root, args.batch)
+    write_checkpoint(MODELS[name], 2, "jitter", root / "new2.safetensors")
+    state2 = load_checkpoint(root / "new2.safetensors", "checkpoint").state
+    report: dict[str, Any] = {}
+    digests: dict[str, str] = {}
+    first = refit_once(p)
+    report["prime_with_1"] = clean(first)
+    primed = serialized(p, first["_engine"])
+    (root / "primed.engine").write_bytes(primed)
+    same = refit_once(p, refitter=first["_refitter"], engine=first["_engine"], state=state2)
+    report["same_refitter_2"] = clean(same)
+    digests["same_refitter_2"] = hashlib.sha256(serialized(p, same["_engine"])).hexdigest()[:16]
+    del first, same
+    again = refit_once(p, blob=primed, state=state2)
+    report["primed_engine_2"] = clean(again)
+    digests["primed_engine_2"] = hashlib.sha256(serialized(p, again["_engine"])).hexdigest()[:16]
+    del again
+    fresh = refit_once(p, state=state2)
+    report["original_engine_2"] = clean(fresh)
+    digests["original_engine_2"] = hashlib.sha256(serialized(p, fresh["_engine"])).hexdigest()[:16]
+    report["digests"] = digests
+    for key in ("prime_with_1", "same_refitter_2", "primed_engine_2", "original_engine_2"):
+        print(f"[persist] {name} {key}: {report[key]['refit_s']}", file=sys.stderr, flush=True)
+    return report
+
+
+def from_primed(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """In a new process: refit the primed engine file `persistence` wrote with checkpoint 2."""
+    import hashlib
+
+    from trtrefit.worker.formats import load_checkpoint
+
+    p = Prepared(name, root, args.batch)
+    state2 = load_checkpoint(root / "new2.safetensors", "checkpoint").state
+    row = refit_once(p, blob=(root / "primed.engine").read_bytes(), state=state2)
+    report: dict[str, Any] = {"primed_file_2": clean(row)}
+    report["digest"] = hashlib.sha256(serialized(p, row["_engine"])).hexdigest()[:16]
+    print(f"[persist] {name} primed file, new process: {row['refit_s']}", file=sys.stderr, flush=True)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--only-first", action="store_true", help="just the `first` refit (for a sampler)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument(
+        "--mode",
+        choices=("anatomy", "persist", "from-primed"),
+        default="anatomy",
+        help="persist: is a first refit's cost paid once per engine file? from-primed: its second half, "
+        "in a new process (same --workdir)",
+    )
+    parser.add_argument("--workdir", type=Path, help="keep bundles here (reused when present)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from trtrefit.worker.backends.tensorrt import versions
+
+    run = {"anatomy": anatomy, "persist": persistence, "from-primed": from_primed}[args.mode]
+    result: dict[str, Any] = {
+        "command": " ".join(["python3", *sys.argv]),
+        "versions": versions(),
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="trt-anatomy-") as tmp:
+        base = args.workdir or Path(tmp)
+        for name in [m for m in args.models.split(",") if m]:
+            result["models"][name] = run(name, base / name, args)
+            target = args.out / f"trt_refit_{args.mode.replace('-', '_')}.json"
+            target.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
