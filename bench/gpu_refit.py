@@ -1,9 +1,9 @@
 """Refit timings on a GPU: trtrefit's fast path (per stage) next to Torch-TensorRT's stock
 `refit_module_weights` and a recompile of the same model, every result verified against PyTorch.
 
-For each model (torchvision resnet50 and vit_b_16 with trained-looking weights, batch 8, fp32) it compiles
-the bundle with `trtrefit compile --backend tensorrt`, writes a checkpoint with every tensor changed
-(BatchNorm statistics included), then times, with all artifacts already on local disk:
+For each model (torchvision resnet18, resnet50 and vit_b_16 with trained-looking weights, batch 8, fp32),
+in one process, it compiles the bundle with `trtrefit compile --backend tensorrt`, writes a checkpoint
+with every tensor changed (BatchNorm statistics included), then times, artifacts already on local disk:
   fast      the whole `trtrefit refit --refit-path fast` pipeline in-process (fetch = hashing the local
             files, check, refit, verify, publish), repeated; the refit stage split into load,
             deserialize, set_weights, engine refit, serialize, install
@@ -11,6 +11,7 @@ the bundle with `trtrefit compile --backend tensorrt`, writes a checkpoint with 
             (it re-runs the converters on the new weights; the cache path hard-codes BatchNorm eps) and
             optionally on, then verified the same way
   recompile torch_tensorrt.dynamo.compile of the source program carrying the new weights
+each --repeat times (medians recorded with n; past --budget-s no further repetitions start).
 
 Writes gpu_refit.json and gpu_refit.md into --out. On the lent H200 (../shared/gpu/README.md):
     source .gpu/b/stage2.sh && PYTHONPATH=operator:$PYTHONPATH python3 bench/gpu_refit.py --out $OUT
