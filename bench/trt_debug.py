@@ -227,9 +227,9 @@ def refit_variants(root: Path, checkpoint: Path, labels: list[str]) -> dict[str,
     import torch
 
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.tensorrt import tensorrt_module
+    from trtrefit.worker.backends.tensorrt import serialize_engine, set_planned_weights, tensorrt_module
     from trtrefit.worker.backends.trt_archive import read_engines, read_record
-    from trtrefit.worker.backends.trt_plan import batchnorm_eps, materialize, plan_engine
+    from trtrefit.worker.backends.trt_plan import batchnorm_eps, plan_engine
     from trtrefit.worker.backends.trt_record import engine_record
     from trtrefit.worker.formats import TensorSpec, load_checkpoint
 
@@ -260,17 +260,8 @@ def refit_variants(root: Path, checkpoint: Path, labels: list[str]) -> dict[str,
             names, entry.weight_name_map(), engine_record(record, entry.name, set(names)), specs, eps
         )
         device = "cpu" if opts.get("host") else "cuda"
-        location = trt.TensorLocation.HOST if opts.get("host") else trt.TensorLocation.DEVICE
         t = time.perf_counter()
-        keep = []
-        for name in names:
-            proto = refitter.get_weights_prototype(name)
-            value = materialize(plan.sources[name], ckpt.state, int(proto.size), torch.float32, device)
-            keep.append(value)
-            refitter.set_named_weights(
-                name, trt.Weights(proto.dtype, value.data_ptr(), value.numel()), location
-            )
-        torch.cuda.synchronize()
+        keep = set_planned_weights(trt, refitter, names, plan, ckpt.state, device=device)
         row["set_weights"] = time.perf_counter() - t
         t = time.perf_counter()
         if opts.get("async"):
@@ -286,11 +277,7 @@ def refit_variants(root: Path, checkpoint: Path, labels: list[str]) -> dict[str,
         row["context_on_refitted"] = time.perf_counter() - t
         del context
         t = time.perf_counter()
-        config = engine.create_serialization_config()
-        config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
-        if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
-            config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
-        new_blob = bytes(engine.serialize_with_config(config))
+        new_blob = serialize_engine(trt, engine)
         row["serialize"] = time.perf_counter() - t
         row["sha256"] = hashlib.sha256(new_blob).hexdigest()[:16]
         second = trt.Runtime(logger)

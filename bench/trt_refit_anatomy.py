@@ -85,9 +85,8 @@ def refit_once(
     state: dict[str, Any] | None = None,
     blob: bytes | None = None,
 ) -> dict[str, Any]:
-    import torch
-
-    from trtrefit.worker.backends.trt_plan import materialize, plan_engine
+    from trtrefit.worker.backends.tensorrt import set_planned_weights
+    from trtrefit.worker.backends.trt_plan import plan_engine
     from trtrefit.worker.backends.trt_record import engine_record
 
     trt = p.trt
@@ -107,16 +106,8 @@ def refit_once(
         names, p.entry.weight_name_map(), engine_record(p.record, p.entry.name, set(names)), p.specs, p.eps
     )
     chosen = names if only is None else sorted(names, key=lambda n: "KERNEL" not in n)[:only]
-    keep = []
     t = time.perf_counter()
-    for name in chosen:
-        proto = refitter.get_weights_prototype(name)
-        value = materialize(plan.sources[name], state or p.state, int(proto.size), torch.float32, "cuda")
-        keep.append(value)
-        refitter.set_named_weights(
-            name, trt.Weights(proto.dtype, value.data_ptr(), value.numel()), trt.TensorLocation.DEVICE
-        )
-    torch.cuda.synchronize()
+    keep = set_planned_weights(trt, refitter, chosen, plan, state or p.state)
     row["set_weights_s"] = time.perf_counter() - t
     row["weights_set"] = len(chosen)
     row["weights_total"] = len(names)
@@ -201,21 +192,13 @@ def anatomy(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def serialized(p: Prepared, engine: Any) -> bytes:
-    trt = p.trt
-    config = engine.create_serialization_config()
-    config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
-    if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
-        config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
-    return bytes(engine.serialize_with_config(config))
-
-
 def persistence(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Is the cost of a first refit paid once per engine *file*? Refit with checkpoint 1 (priming), then
     with checkpoint 2: on the same Refitter, on the primed engine re-deserialized, and on the original
     engine; the serialized results' digests show whether they are the same engine."""
     import hashlib
 
+    from trtrefit.worker.backends.tensorrt import serialize_engine
     from trtrefit.worker.formats import load_checkpoint
     from trtrefit.worker.samples import write_checkpoint
 
@@ -226,19 +209,19 @@ def persistence(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     digests: dict[str, str] = {}
     first = refit_once(p)
     report["prime_with_1"] = clean(first)
-    primed = serialized(p, first["_engine"])
+    primed = serialize_engine(p.trt, first["_engine"])
     (root / "primed.engine").write_bytes(primed)
     same = refit_once(p, refitter=first["_refitter"], engine=first["_engine"], state=state2)
     report["same_refitter_2"] = clean(same)
-    digests["same_refitter_2"] = hashlib.sha256(serialized(p, same["_engine"])).hexdigest()[:16]
+    digests["same_refitter_2"] = hashlib.sha256(serialize_engine(p.trt, same["_engine"])).hexdigest()[:16]
     del first, same
     again = refit_once(p, blob=primed, state=state2)
     report["primed_engine_2"] = clean(again)
-    digests["primed_engine_2"] = hashlib.sha256(serialized(p, again["_engine"])).hexdigest()[:16]
+    digests["primed_engine_2"] = hashlib.sha256(serialize_engine(p.trt, again["_engine"])).hexdigest()[:16]
     del again
     fresh = refit_once(p, state=state2)
     report["original_engine_2"] = clean(fresh)
-    digests["original_engine_2"] = hashlib.sha256(serialized(p, fresh["_engine"])).hexdigest()[:16]
+    digests["original_engine_2"] = hashlib.sha256(serialize_engine(p.trt, fresh["_engine"])).hexdigest()[:16]
     report["digests"] = digests
     for key in ("prime_with_1", "same_refitter_2", "primed_engine_2", "original_engine_2"):
         print(f"[persist] {name} {key}: {report[key]['refit_s']}", file=sys.stderr, flush=True)
@@ -249,13 +232,14 @@ def from_primed(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     """In a new process: refit the primed engine file `persistence` wrote with checkpoint 2."""
     import hashlib
 
+    from trtrefit.worker.backends.tensorrt import serialize_engine
     from trtrefit.worker.formats import load_checkpoint
 
     p = Prepared(name, root, args.batch)
     state2 = load_checkpoint(root / "new2.safetensors", "checkpoint").state
     row = refit_once(p, blob=(root / "primed.engine").read_bytes(), state=state2)
     report: dict[str, Any] = {"primed_file_2": clean(row)}
-    report["digest"] = hashlib.sha256(serialized(p, row["_engine"])).hexdigest()[:16]
+    report["digest"] = hashlib.sha256(serialize_engine(p.trt, row["_engine"])).hexdigest()[:16]
     print(f"[persist] {name} primed file, new process: {row['refit_s']}", file=sys.stderr, flush=True)
     return report
 

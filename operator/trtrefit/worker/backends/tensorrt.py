@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,13 @@ from trtrefit.worker.backends.trt_archive import (
     read_weight_shapes,
 )
 from trtrefit.worker.backends.trt_package import custom_object_bytes, repack
-from trtrefit.worker.backends.trt_plan import PlanMismatchError, batchnorm_eps, materialize, plan_engine
+from trtrefit.worker.backends.trt_plan import (
+    EnginePlan,
+    PlanMismatchError,
+    batchnorm_eps,
+    materialize,
+    plan_engine,
+)
 from trtrefit.worker.backends.trt_record import engine_record, schema_of
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import TensorSpec
@@ -196,8 +202,6 @@ class TensorRTBackend:
         eps: dict[str, float],
         progress: Progress,
     ) -> bytes:
-        import torch
-
         with progress.stage("refit.deserialize"):
             engine = runtime.deserialize_cuda_engine(entry.engine_bytes())
         if engine is None:
@@ -210,21 +214,8 @@ class TensorRTBackend:
             name, why = next(iter(plan.unresolved.items()))
             count = f"{len(plan.unresolved)} of {len(names)} weights of {entry.name}"
             raise FastPathError(f"{count} have no source, e.g. '{name}': {why}")
-        keep = []
         with progress.stage("refit.set_weights"):
-            for name in names:
-                proto = refitter.get_weights_prototype(name)
-                dtype = _torch_dtype(proto.dtype, name)
-                try:
-                    source = plan.sources[name]
-                    value = materialize(source, job.checkpoint.state, int(proto.size), dtype, "cuda")
-                except PlanMismatchError as exc:
-                    raise FastPathError(f"'{name}': {exc}") from exc
-                keep.append(value)
-                weights = trt.Weights(proto.dtype, value.data_ptr(), value.numel())
-                if not refitter.set_named_weights(name, weights, trt.TensorLocation.DEVICE):
-                    raise FastPathError(f"TensorRT rejected the new value of '{name}'")
-            torch.cuda.synchronize()
+            keep = set_planned_weights(trt, refitter, names, plan, job.checkpoint.state)
             missing = list(refitter.get_missing_weights())
         if missing:
             raise FastPathError(f"TensorRT still misses {len(missing)} weights, e.g. '{missing[0]}'")
@@ -233,11 +224,7 @@ class TensorRTBackend:
                 raise FastPathError(f"refit_cuda_engine failed for {entry.name}")
         progress.say("refit", f"{entry.name}: set all {len(names)} weights, refitted")
         with progress.stage("refit.serialize"):
-            config = engine.create_serialization_config()
-            config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
-            if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
-                config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
-            blob = bytes(engine.serialize_with_config(config))
+            blob = serialize_engine(trt, engine)
         del keep
         return blob
 
@@ -299,6 +286,46 @@ class TensorRTBackend:
                 raise WorkerError(f"engine {self._label}: {why}") from exc
         for name, old in list(program.state_dict.items()):
             program.state_dict[name] = operator.attrgetter(name)(refitted).detach().to(old.device)
+
+
+def set_planned_weights(
+    trt: Any,
+    refitter: Any,
+    names: Sequence[str],
+    plan: EnginePlan,
+    state: Mapping[str, torch.Tensor],
+    *,
+    device: str = "cuda",
+) -> list[torch.Tensor]:
+    """Give each named engine weight its planned value (on the GPU, or host memory for device "cpu").
+    Returns the tensors: TensorRT reads them at refit time, so they must outlive the refit."""
+    import torch
+
+    location = trt.TensorLocation.DEVICE if device == "cuda" else trt.TensorLocation.HOST
+    keep = []
+    for name in names:
+        proto = refitter.get_weights_prototype(name)
+        dtype = _torch_dtype(proto.dtype, name)
+        try:
+            value = materialize(plan.sources[name], state, int(proto.size), dtype, device)
+        except PlanMismatchError as exc:
+            raise FastPathError(f"'{name}': {exc}") from exc
+        keep.append(value)
+        weights = trt.Weights(proto.dtype, value.data_ptr(), value.numel())
+        if not refitter.set_named_weights(name, weights, location):
+            raise FastPathError(f"TensorRT rejected the new value of '{name}'")
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return keep
+
+
+def serialize_engine(trt: Any, engine: Any) -> bytes:
+    """The engine with its weights, still refittable (INCLUDE_REFIT where this TensorRT has the flag)."""
+    config = engine.create_serialization_config()
+    config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)
+    if hasattr(trt.SerializationFlag, "INCLUDE_REFIT"):
+        config.set_flag(trt.SerializationFlag.INCLUDE_REFIT)
+    return bytes(engine.serialize_with_config(config))
 
 
 def _check_layout() -> None:
