@@ -244,6 +244,60 @@ def from_primed(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     return report
 
 
+def _context_with_cache(engine: Any, cache_blob: bytes | None, shared: Any = None) -> dict[str, Any]:
+    """An execution context created through an IRuntimeConfig carrying a runtime cache (TensorRT-RTX):
+    `shared` when given, else a new cache filled from `cache_blob` (or empty)."""
+    row: dict[str, Any] = {}
+    config = engine.create_runtime_config()
+    cache = shared if shared is not None else config.create_runtime_cache()
+    if shared is None and cache_blob is not None:
+        row["cache_loaded"] = bool(cache.deserialize(cache_blob))
+    row["cache_set"] = bool(config.set_runtime_cache(cache))
+    t = time.perf_counter()
+    try:
+        row["_context"] = engine.create_execution_context(config)
+    except TypeError:  # the bindings' overloads differ between versions
+        row["_context"] = engine.create_execution_context(runtime_config=config)
+    row["context_s"] = time.perf_counter() - t
+    row["_cache"], row["_config"] = cache, config
+    return row
+
+
+def runtime_cache(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Does TensorRT-RTX's runtime cache (JIT kernels, attached through an execution context's
+    IRuntimeConfig) carry the first refit's work? First engine: context with an empty cache, refit; second
+    engine in the same process: context with the same cache, refit; --mode runtime-cache-load repeats the
+    second in a new process from the serialized cache."""
+    p = Prepared(name, root, args.batch)
+    report: dict[str, Any] = {}
+    if args.mode == "runtime-cache":
+        engine = p.trt.Runtime(p.logger).deserialize_cuda_engine(p.blob)
+        first = _context_with_cache(engine, None)
+        report["empty_cache"] = clean(first)
+        report["empty_cache"].update(clean(refit_once(p, engine=engine)))
+        blob = bytes(first["_cache"].serialize())
+        (root / "runtime.cache").write_bytes(blob)
+        report["cache_bytes"] = len(blob)
+        engine2 = p.trt.Runtime(p.logger).deserialize_cuda_engine(p.blob)
+        second = _context_with_cache(engine2, None, shared=first["_cache"])
+        report["same_cache_object"] = clean(second)
+        report["same_cache_object"].update(clean(refit_once(p, engine=engine2)))
+    else:
+        blob = (root / "runtime.cache").read_bytes()
+        engine = p.trt.Runtime(p.logger).deserialize_cuda_engine(p.blob)
+        loaded = _context_with_cache(engine, blob)
+        report["cache_from_file"] = clean(loaded)
+        report["cache_from_file"].update(clean(refit_once(p, engine=engine)))
+    for key in ("empty_cache", "same_cache_object", "cache_from_file"):
+        if key in report:
+            row = report[key]
+            print(
+                f"[cache] {name} {key}: context {row.get('context_s')} refit {row.get('refit_s')}",
+                file=sys.stderr,
+            )
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -254,10 +308,10 @@ def main() -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument(
         "--mode",
-        choices=("anatomy", "persist", "from-primed"),
+        choices=("anatomy", "persist", "from-primed", "runtime-cache", "runtime-cache-load"),
         default="anatomy",
         help="persist: is a first refit's cost paid once per engine file? from-primed: its second half, "
-        "in a new process (same --workdir)",
+        "in a new process (same --workdir); runtime-cache(-load): does TensorRT-RTX's runtime cache keep it?",
     )
     parser.add_argument("--workdir", type=Path, help="keep bundles here (reused when present)")
     parser.add_argument("--out", type=Path, required=True)
@@ -265,7 +319,13 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from trtrefit.worker.backends.tensorrt import versions
 
-    run = {"anatomy": anatomy, "persist": persistence, "from-primed": from_primed}[args.mode]
+    run = {
+        "anatomy": anatomy,
+        "persist": persistence,
+        "from-primed": from_primed,
+        "runtime-cache": runtime_cache,
+        "runtime-cache-load": runtime_cache,
+    }[args.mode]
     result: dict[str, Any] = {
         "command": " ".join(["python3", *sys.argv]),
         "versions": versions(),
