@@ -15,6 +15,8 @@ refit under PyTorch's profiler: the CUDA kernels TensorRT runs during the call.
 checkpoint 2 on the same Refitter, on the first result serialized and deserialized again, and on the
 original engine; --mode from-primed repeats the middle one in a new process. Serialized digests show
 which results are the same engine.
+--mode runtime-cache asks whether TensorRT-RTX's runtime cache (attached to an execution context) carries
+it, in the same process; --mode runtime-cache-load, from the cache file in a new process.
 
     source .gpu/b/stage2.sh && PYTHONPATH=operator:$PYTHONPATH python3 bench/trt_refit_anatomy.py --out $OUT
 """
