@@ -49,6 +49,7 @@ def serving_deployment(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
 
 
+
 def trtmodel(
     name: str = "tiny", checkpoint: str = "s3://ckpt/tiny/step-1.safetensors", **spec: Any
 ) -> dict[str, Any]:
@@ -149,7 +150,14 @@ def running_pod(api: client.ApiClient, job: client.V1Job, timeout: float = 60) -
         pods = core.list_namespaced_pod(
             job.metadata.namespace, label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}"
         ).items
-        live = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+        # By owner uid: a Job deleted and recreated under the same name can leave its old pod behind.
+        live = [
+            p
+            for p in pods
+            if p.status.phase == "Running"
+            and p.status.pod_ip
+            and any(ref.uid == job.metadata.uid for ref in p.metadata.owner_references or [])
+        ]
         return live[0] if live else None
 
     pod: client.V1Pod = wait_for(running, timeout=timeout, what=f"a Running pod of Job {job.metadata.name}")
