@@ -53,6 +53,17 @@ def _served_engine_is_content_addressed(artifacts: Artifacts, status: dict[str, 
     return str(engine["uri"])
 
 
+def _rolled_into_the_template(
+    api: client.ApiClient, namespace: str, artifacts: Artifacts, status: dict[str, Any]
+) -> str:
+    """The served engine is content-addressed and is what the serving pod template names and pins."""
+    engine = _served_engine_is_content_addressed(artifacts, status)
+    env, annotations = _template(api, namespace)
+    assert env == engine
+    assert annotations["trtrefit.dev/engine-sha256"] == status["serving"]["engine"]["sha256"]
+    return engine
+
+
 def _pod_engines(api: client.ApiClient, namespace: str) -> set[str]:
     pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="app=demo-server").items
     return {
@@ -73,20 +84,14 @@ def test_first_rollout_then_a_checkpoint_bump_rolls_the_new_engine(
 ) -> None:
     _setup(kube_api, namespace)
     first = _ready_on(kube_api, namespace, FIRST)
-    first_engine = _served_engine_is_content_addressed(artifacts, first)
-    env, annotations = _template(kube_api, namespace)
-    assert env == first_engine
-    assert annotations["trtrefit.dev/engine-sha256"] == first["serving"]["engine"]["sha256"]
+    first_engine = _rolled_into_the_template(kube_api, namespace, artifacts, first)
     verification = first["lastRefit"]["verification"]
     assert verification["passed"] is True and verification["maxAbsError"] <= 0.01
 
     patch_spec(kube_api, namespace, {"checkpoint": {"uri": SECOND}}, name=NAME)
     second = _ready_on(kube_api, namespace, SECOND)
-    second_engine = _served_engine_is_content_addressed(artifacts, second)
+    second_engine = _rolled_into_the_template(kube_api, namespace, artifacts, second)
     assert second_engine != first_engine
-    env, annotations = _template(kube_api, namespace)
-    assert env == second_engine
-    assert annotations["trtrefit.dev/engine-sha256"] == second["serving"]["engine"]["sha256"]
     wait_for(
         lambda: _pod_engines(kube_api, namespace) == {second_engine},
         timeout=60,
@@ -151,7 +156,7 @@ def test_bad_checkpoints_stall_without_touching_serving_and_a_good_one_recovers(
     # Recovery: a good checkpoint rolls out.
     patch_spec(kube_api, namespace, {"checkpoint": {"uri": SECOND}}, name=NAME)
     recovered = _ready_on(kube_api, namespace, SECOND)
-    assert _template(kube_api, namespace)[0] == _served_engine_is_content_addressed(artifacts, recovered)
+    _rolled_into_the_template(kube_api, namespace, artifacts, recovered)
 
 
 def test_deleting_the_trtmodel_cleans_up_its_jobs(

@@ -13,6 +13,7 @@ from tests.integration.world import (
     complete,
     condition,
     create_model,
+    create_serving,
     engine_in_template,
     events_of,
     finish_pod,
@@ -21,7 +22,6 @@ from tests.integration.world import (
     refit_jobs,
     rolled_out,
     running_pod,
-    serving_deployment,
     trtmodel,
     verification_failed,
     wait_job,
@@ -33,13 +33,6 @@ from tests.kubehelpers import wait_for
 pytestmark = pytest.mark.integration
 
 
-def _serving(api: client.ApiClient, namespace: str, progress_deadline: int | None = None) -> None:
-    client.AppsV1Api(api).create_namespaced_deployment(
-        namespace, serving_deployment(progress_deadline=progress_deadline)
-    )
-    wait_for(lambda: rolled_out(api, namespace), timeout=60, what="the server Deployment available")
-
-
 def _warnings(api: client.ApiClient, namespace: str) -> dict[str, str]:
     return {reason: message for kind, reason, message in events_of(api, namespace) if kind == "Warning"}
 
@@ -47,7 +40,7 @@ def _warnings(api: client.ApiClient, namespace: str) -> dict[str, str]:
 def test_a_failed_verification_stalls_and_never_reaches_serving(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel())
     job = wait_job(kube_api, namespace)
     complete(kube_api, job, verification_failed())
@@ -71,7 +64,7 @@ def test_a_failed_verification_stalls_and_never_reaches_serving(
 def test_a_job_failing_past_its_backoff_limit_reports_the_last_pod_message(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel(refitJob={"backoffLimit": 1}))
     job = wait_job(kube_api, namespace)
     first = complete(kube_api, job, worker_error("cannot read s3://ckpt/tiny/step-1.safetensors: timed out"))
@@ -98,7 +91,7 @@ def test_a_job_failing_past_its_backoff_limit_reports_the_last_pod_message(
 def test_a_termination_message_that_is_not_a_result_is_shown_as_it_is(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel())
     pod = running_pod(kube_api, wait_job(kube_api, namespace))
     finish_pod(
@@ -113,7 +106,7 @@ def test_a_termination_message_that_is_not_a_result_is_shown_as_it_is(
 def test_a_rollout_past_its_progress_deadline_is_reverted(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace, progress_deadline=5)
+    create_serving(kube_api, namespace, progress_deadline=5)
     create_model(kube_api, namespace, trtmodel())
     job = wait_job(kube_api, namespace)
     pod = running_pod(kube_api, job)
@@ -150,7 +143,7 @@ def test_a_rollout_past_its_progress_deadline_is_reverted(
 def test_paused_starts_nothing_until_resumed(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel(paused=True))
     pending = wait_phase(kube_api, namespace, "Pending")
     reconciling = condition({"status": pending}, "Reconciling")

@@ -18,17 +18,16 @@ from tests.integration.world import (
     complete,
     condition,
     create_model,
+    create_serving,
     engine_in_template,
     events_of,
     get_model,
     patch_spec,
     rolled_out,
-    serving_deployment,
     trtmodel,
     wait_job,
     wait_phase,
 )
-from tests.kubehelpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +38,7 @@ STEP_2 = "s3://ckpt/tiny/step-2.safetensors"
 def test_checkpoint_bump_refits_verifies_and_rolls_out(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    apps = client.AppsV1Api(kube_api)
-    apps.create_namespaced_deployment(namespace, serving_deployment())
-    wait_for(lambda: rolled_out(kube_api, namespace), timeout=60, what="the server Deployment available")
+    create_serving(kube_api, namespace)
     model = create_model(kube_api, namespace, trtmodel(checkpoint=STEP_1))
 
     job = wait_job(kube_api, namespace, STEP_1)
@@ -65,7 +62,7 @@ def test_checkpoint_bump_refits_verifies_and_rolls_out(
     published = ready["lastRefit"]["engine"]["uri"]
     assert published == f"s3://models/tiny/refits/{'a' * 64}.ep"
     assert engine_in_template(kube_api, namespace) == published
-    template = apps.read_namespaced_deployment(SERVER, namespace).spec.template
+    template = client.AppsV1Api(kube_api).read_namespaced_deployment(SERVER, namespace).spec.template
     assert template.metadata.annotations["trtrefit.dev/engine-sha256"] == "a" * 64
     assert ready["serving"]["engine"] == {"uri": published, "sha256": "a" * 64}
     assert ready["serving"]["checkpoint"]["uri"] == STEP_1

@@ -13,13 +13,12 @@ from tests.integration.world import (
     complete,
     condition,
     create_model,
+    create_serving,
     engine_in_template,
     events_of,
     get_model,
     patch_spec,
     refit_jobs,
-    rolled_out,
-    serving_deployment,
     trtmodel,
     wait_job,
     wait_phase,
@@ -41,11 +40,6 @@ pytestmark = pytest.mark.integration
 STEP = "s3://ckpt/tiny/step-{}.safetensors"
 
 
-def _serving(api: client.ApiClient, namespace: str) -> None:
-    client.AppsV1Api(api).create_namespaced_deployment(namespace, serving_deployment())
-    wait_for(lambda: rolled_out(api, namespace), timeout=60, what="the server Deployment available")
-
-
 def _reasons(api: client.ApiClient, namespace: str) -> list[str]:
     return [reason for _, reason, _ in events_of(api, namespace)]
 
@@ -53,7 +47,7 @@ def _reasons(api: client.ApiClient, namespace: str) -> list[str]:
 def test_a_restarted_operator_resumes_the_refit_without_a_second_job(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel(checkpoint=STEP.format(1)))
     job = wait_job(kube_api, namespace, STEP.format(1))
     wait_phase(kube_api, namespace, "Refitting")
@@ -70,7 +64,7 @@ def test_a_restarted_operator_resumes_the_refit_without_a_second_job(
 def test_two_quick_checkpoint_bumps_end_in_one_rollout_of_the_newer(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     apps = client.AppsV1Api(kube_api)
     create_model(kube_api, namespace, trtmodel(checkpoint=STEP.format(1)))
     complete(kube_api, wait_job(kube_api, namespace, STEP.format(1)))
@@ -98,7 +92,7 @@ def test_two_quick_checkpoint_bumps_end_in_one_rollout_of_the_newer(
 def test_a_deleted_job_is_created_again(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel())
     first = wait_job(kube_api, namespace)
     client.BatchV1Api(kube_api).delete_namespaced_job(
@@ -133,7 +127,7 @@ def test_a_missing_deployment_stalls_with_a_clear_message_and_recovers(
     assert pending["lastRefit"]["outcome"] == "Passed"
     assert "DeploymentNotFound" in _reasons(kube_api, namespace)
 
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     ready = wait_phase(kube_api, namespace, "Ready", timeout=120)
     assert ready["serving"]["engine"]["uri"] == ready["lastRefit"]["engine"]["uri"]
     assert condition({"status": ready}, "Stalled")["status"] == "False"
@@ -143,7 +137,7 @@ def test_a_job_name_held_by_another_owner_is_waited_for_then_taken(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
     """Create answers 409 AlreadyExists for a Job that is not ours: the operator says so and retries."""
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     body = trtmodel()
     name = job_name(
         "tiny", desired_refit(TRTModel.model_validate({**body, "metadata": {"name": "tiny"}}).spec).key
@@ -180,7 +174,7 @@ def test_a_stale_deployment_patch_gets_409_and_is_retried(
 ) -> None:
     """The Deployment patch is conditional on the resourceVersion the pass read: the API server answers 409
     when the Deployment changed since, the pass asks to run again soon, and the next pass succeeds."""
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     created = create_model(kube_api, namespace, trtmodel())
     model = TRTModel.model_validate(created)
     cluster, config = Cluster(kube_api), OperatorConfig(worker_image="w:1")
@@ -208,7 +202,7 @@ def test_a_stale_deployment_patch_gets_409_and_is_retried(
 def test_deleting_a_trtmodel_deletes_its_jobs(
     kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    _serving(kube_api, namespace)
+    create_serving(kube_api, namespace)
     create_model(kube_api, namespace, trtmodel())
     wait_job(kube_api, namespace)
     client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(

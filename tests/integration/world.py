@@ -49,6 +49,12 @@ def serving_deployment(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
 
 
+def create_serving(api: client.ApiClient, namespace: str, progress_deadline: int | None = None) -> None:
+    """The server Deployment, created and waited for until it is rolled out."""
+    deployment = serving_deployment(progress_deadline=progress_deadline)
+    client.AppsV1Api(api).create_namespaced_deployment(namespace, deployment)
+    wait_for(lambda: rolled_out(api, namespace), timeout=60, what="the server Deployment available")
+
 
 def trtmodel(
     name: str = "tiny", checkpoint: str = "s3://ckpt/tiny/step-1.safetensors", **spec: Any
