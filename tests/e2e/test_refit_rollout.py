@@ -12,7 +12,7 @@ from demo import FIRST, SECOND, serving_deployment, settled_on, trtmodel
 from fakekubelet import FakeKubelet
 from tests.e2e.conftest import Artifacts
 from tests.integration.conftest import OperatorProcess
-from tests.integration.world import condition, events_of, get_model, patch_spec, refit_jobs, wait_phase
+from tests.integration.world import condition, get_model, patch_spec, refit_jobs, wait_events, wait_phase
 from tests.kubehelpers import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +97,8 @@ def test_first_rollout_then_a_checkpoint_bump_rolls_the_new_engine(
         timeout=60,
         what="every serving pod on the second engine",
     )
-    reasons = [reason for _, reason, _ in events_of(kube_api, namespace, NAME)]
+    posted = ["RolloutComplete", "RefitPassed"] * 2
+    reasons = [reason for _, reason, _ in wait_events(kube_api, namespace, *posted, name=NAME)]
     assert reasons.count("RolloutComplete") == 2 and reasons.count("RefitPassed") == 2
 
 
@@ -149,7 +150,9 @@ def test_bad_checkpoints_stall_without_touching_serving_and_a_good_one_recovers(
     assert condition(model, "Verified")["status"] == "False"
     assert status["lastRefit"]["verification"]["passed"] is False
     warnings = [
-        m for kind, reason, m in events_of(kube_api, namespace, NAME) if reason == "VerificationFailed"
+        m
+        for kind, reason, m in wait_events(kube_api, namespace, "VerificationFailed", name=NAME)
+        if reason == "VerificationFailed"
     ]
     assert warnings and "error" in warnings[-1]
 

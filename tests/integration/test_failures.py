@@ -15,7 +15,6 @@ from tests.integration.world import (
     create_model,
     create_serving,
     engine_in_template,
-    events_of,
     finish_pod,
     get_model,
     patch_spec,
@@ -24,6 +23,7 @@ from tests.integration.world import (
     running_pod,
     trtmodel,
     verification_failed,
+    wait_events,
     wait_job,
     wait_phase,
     worker_error,
@@ -33,8 +33,10 @@ from tests.kubehelpers import wait_for
 pytestmark = pytest.mark.integration
 
 
-def _warnings(api: client.ApiClient, namespace: str) -> dict[str, str]:
-    return {reason: message for kind, reason, message in events_of(api, namespace) if kind == "Warning"}
+def _warnings(api: client.ApiClient, namespace: str, *reasons: str) -> dict[str, str]:
+    """The Warning events' messages by reason, once the given reasons have been posted."""
+    events = wait_events(api, namespace, *reasons)
+    return {reason: message for kind, reason, message in events if kind == "Warning"}
 
 
 def test_a_failed_verification_stalls_and_never_reaches_serving(
@@ -55,7 +57,7 @@ def test_a_failed_verification_stalls_and_never_reaches_serving(
         "passed": False, "maxAbsError": 0.42, "maxRelError": 0.8, "minCosineSimilarity": 0.91
     }  # fmt: skip
     assert engine_in_template(kube_api, namespace) == OLD_ENGINE
-    assert "0.42" in _warnings(kube_api, namespace)["VerificationFailed"]
+    assert "0.42" in _warnings(kube_api, namespace, "VerificationFailed")["VerificationFailed"]
     (only,) = refit_jobs(kube_api, namespace)  # the Job failed at once (podFailurePolicy), not retried
     assert only.metadata.uid == job.metadata.uid
     assert any(c.type == "Failed" and c.status == "True" for c in only.status.conditions)
@@ -83,7 +85,7 @@ def test_a_job_failing_past_its_backoff_limit_reports_the_last_pod_message(
     assert (stalled["status"], stalled["reason"]) == ("True", "RefitFailed")
     assert "NoSuchKey" in stalled["message"] and "timed out" not in stalled["message"]
     assert failed["lastRefit"]["outcome"] == "Failed"
-    assert "NoSuchKey" in _warnings(kube_api, namespace)["RefitFailed"]
+    assert "NoSuchKey" in _warnings(kube_api, namespace, "RefitFailed")["RefitFailed"]
     assert engine_in_template(kube_api, namespace) == OLD_ENGINE
     assert operator.alive()
 
@@ -132,7 +134,7 @@ def test_a_rollout_past_its_progress_deadline_is_reverted(
     assert engine_in_template(kube_api, namespace) == OLD_ENGINE
     deployment = client.AppsV1Api(kube_api).read_namespaced_deployment(SERVER, namespace)
     assert deployment.metadata.annotations["trtrefit.dev/reverted-refit"] == failed["lastRefit"]["key"]
-    assert "RolloutReverted" in _warnings(kube_api, namespace)
+    assert "RolloutReverted" in _warnings(kube_api, namespace, "RolloutReverted")
     core.delete_namespaced_resource_quota("no-more-pods", namespace)
     wait_for(lambda: rolled_out(kube_api, namespace), timeout=90, what="the reverted Deployment available")
     assert (
@@ -152,5 +154,4 @@ def test_paused_starts_nothing_until_resumed(
     patch_spec(kube_api, namespace, {"paused": False})
     complete(kube_api, wait_job(kube_api, namespace))
     wait_phase(kube_api, namespace, "Ready", timeout=120)
-    reasons = [reason for _, reason, _ in events_of(kube_api, namespace)]
-    assert {"Paused", "Resumed", "RefitStarted"} <= set(reasons)
+    wait_events(kube_api, namespace, "Paused", "Resumed", "RefitStarted")

@@ -20,11 +20,11 @@ from tests.integration.world import (
     create_model,
     create_serving,
     engine_in_template,
-    events_of,
     get_model,
     patch_spec,
     rolled_out,
     trtmodel,
+    wait_events,
     wait_job,
     wait_phase,
 )
@@ -76,9 +76,7 @@ def test_checkpoint_bump_refits_verifies_and_rolls_out(
     assert rolled_out(kube_api, namespace)
     assert pod.metadata.name
 
-    reasons = [reason for _, reason, _ in events_of(kube_api, namespace)]
-    for reason in ["RefitStarted", "RefitPassed", "RolloutStarted", "RolloutComplete"]:
-        assert reason in reasons
+    wait_events(kube_api, namespace, "RefitStarted", "RefitPassed", "RolloutStarted", "RolloutComplete")
 
     metrics = (
         urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10)

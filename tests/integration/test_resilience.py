@@ -15,11 +15,11 @@ from tests.integration.world import (
     create_model,
     create_serving,
     engine_in_template,
-    events_of,
     get_model,
     patch_spec,
     refit_jobs,
     trtmodel,
+    wait_events,
     wait_job,
     wait_phase,
 )
@@ -40,8 +40,9 @@ pytestmark = pytest.mark.integration
 STEP = "s3://ckpt/tiny/step-{}.safetensors"
 
 
-def _reasons(api: client.ApiClient, namespace: str) -> list[str]:
-    return [reason for _, reason, _ in events_of(api, namespace)]
+def _reasons(api: client.ApiClient, namespace: str, *posted: str) -> list[str]:
+    """The TRTModel's event reasons, once the `posted` ones are there."""
+    return [reason for _, reason, _ in wait_events(api, namespace, *posted)]
 
 
 def test_a_restarted_operator_resumes_the_refit_without_a_second_job(
@@ -58,7 +59,7 @@ def test_a_restarted_operator_resumes_the_refit_without_a_second_job(
     (only,) = refit_jobs(kube_api, namespace)
     assert only.metadata.uid == job.metadata.uid
     assert ready["lastRefit"]["job"] == job.metadata.name
-    assert _reasons(kube_api, namespace).count("RefitStarted") == 1
+    assert _reasons(kube_api, namespace, "RefitStarted").count("RefitStarted") == 1
 
 
 def test_two_quick_checkpoint_bumps_end_in_one_rollout_of_the_newer(
@@ -70,7 +71,7 @@ def test_two_quick_checkpoint_bumps_end_in_one_rollout_of_the_newer(
     complete(kube_api, wait_job(kube_api, namespace, STEP.format(1)))
     wait_phase(kube_api, namespace, "Ready", timeout=120)
     generation = apps.read_namespaced_deployment(SERVER, namespace).metadata.generation
-    rollouts = _reasons(kube_api, namespace).count("RolloutStarted")
+    rollouts = _reasons(kube_api, namespace, "RolloutComplete").count("RolloutStarted")
 
     patch_spec(kube_api, namespace, {"checkpoint": {"uri": STEP.format(2)}})
     patch_spec(kube_api, namespace, {"checkpoint": {"uri": STEP.format(3)}})
@@ -85,7 +86,8 @@ def test_two_quick_checkpoint_bumps_end_in_one_rollout_of_the_newer(
 
     assert ready["serving"]["checkpoint"]["uri"] == STEP.format(3)
     assert apps.read_namespaced_deployment(SERVER, namespace).metadata.generation == generation + 1
-    assert _reasons(kube_api, namespace).count("RolloutStarted") == rollouts + 1
+    after = _reasons(kube_api, namespace, *["RolloutStarted"] * (rollouts + 1))
+    assert after.count("RolloutStarted") == rollouts + 1
     assert engine_in_template(kube_api, namespace) == f"s3://models/tiny/refits/{'c' * 64}.ep"
 
 
@@ -125,7 +127,7 @@ def test_a_missing_deployment_stalls_with_a_clear_message_and_recovers(
     assert stall is not None and stall["reason"] == "DeploymentNotFound"
     assert f"Deployment {SERVER} not found" in stall["message"]
     assert pending["lastRefit"]["outcome"] == "Passed"
-    assert "DeploymentNotFound" in _reasons(kube_api, namespace)
+    assert "DeploymentNotFound" in _reasons(kube_api, namespace, "DeploymentNotFound")
 
     create_serving(kube_api, namespace)
     ready = wait_phase(kube_api, namespace, "Ready", timeout=120)

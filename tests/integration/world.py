@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from kubernetes import client
@@ -231,6 +232,25 @@ def events_of(api: client.ApiClient, namespace: str, name: str = "tiny") -> list
     )
     items.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
     return [(e.type, e.reason, e.message) for e in items]
+
+
+def wait_events(
+    api: client.ApiClient, namespace: str, *reasons: str, name: str = "tiny", timeout: float = 30.0
+) -> list[tuple[str, str, str]]:
+    """events_of once every reason is among them, as often as it is given.
+
+    kopf posts Events from a queue, so one can land after the status change a test has waited for.
+    """
+    wanted = Counter(reasons)
+
+    def arrived() -> list[tuple[str, str, str]] | None:
+        events = events_of(api, namespace, name)
+        have = Counter(reason for _, reason, _ in events)
+        return events if all(have[reason] >= n for reason, n in wanted.items()) else None
+
+    found = wait_for(arrived, timeout=timeout, what=f"the events {sorted(wanted.elements())} on {name}")
+    assert found is not None
+    return found
 
 
 def engine_in_template(api: client.ApiClient, namespace: str, name: str = SERVER) -> str | None:
