@@ -15,6 +15,9 @@ refit under PyTorch's profiler: the CUDA kernels TensorRT runs during the call.
 checkpoint 2 on the same Refitter, on the first result serialized and deserialized again, and on the
 original engine; --mode from-primed repeats the middle one in a new process. Serialized digests show
 which results are the same engine.
+--mode split asks whether the work divides: the engine's weights in K parts, one Refitter each on the
+same engine, refitted one after another and from K threads at once; digests and outputs against one
+full refit show whether the parts make the same engine.
 --mode runtime-cache asks whether TensorRT-RTX's runtime cache (attached to an execution context) carries
 it, in the same process; --mode runtime-cache-load, from the cache file in a new process.
 
@@ -300,6 +303,97 @@ def runtime_cache(name: str, root: Path, args: argparse.Namespace) -> dict[str, 
     return report
 
 
+def _run_engine(trt: Any, engine: Any, inputs: list[Any]) -> list[Any]:
+    """The engine's outputs for `inputs` (static shapes, inputs in binding order)."""
+    import torch
+
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    feed = iter(inputs)
+    outputs = []
+    for name in names:
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            tensor = next(feed).contiguous()
+        else:
+            tensor = torch.empty(tuple(engine.get_tensor_shape(name)), device="cuda")
+            outputs.append(tensor)
+        context.set_tensor_address(name, tensor.data_ptr())
+    stream = torch.cuda.current_stream()
+    context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    return [o.cpu() for o in outputs]
+
+
+def split_refit(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One engine, its weights in K contiguous parts, a Refitter per part: refit the parts one after
+    another, then from K threads at once; compare with one Refitter given every weight."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from trtrefit.worker.backends.tensorrt import serialize_engine, set_planned_weights
+    from trtrefit.worker.backends.trt_plan import plan_engine
+    from trtrefit.worker.backends.trt_record import engine_record
+
+    p = Prepared(name, root, args.batch)
+    trt = p.trt
+    inputs = [
+        torch.randn(args.batch, 3, 224, 224, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    ]
+
+    def digest(engine: Any) -> str:
+        return hashlib.sha256(serialize_engine(trt, engine)).hexdigest()[:16]
+
+    full = refit_once(p)
+    report: dict[str, Any] = {"full": clean(full), "full_digest": digest(full["_engine"])}
+    expected = _run_engine(trt, full["_engine"], inputs)
+    del full
+    for parts in [int(k) for k in args.parts.split(",")]:
+        for how in ("sequential", "threads"):
+            engine = trt.Runtime(p.logger).deserialize_cuda_engine(p.blob)
+            refitters = [trt.Refitter(engine, p.logger) for _ in range(parts)]
+            names = list(refitters[0].get_all_weights())
+            plan = plan_engine(
+                names,
+                p.entry.weight_name_map(),
+                engine_record(p.record, p.entry.name, set(names)),
+                p.specs,
+                p.eps,
+            )
+            size = -(-len(names) // parts)
+            chunks = [names[i : i + size] for i in range(0, len(names), size)]
+            keep = [
+                set_planned_weights(trt, r, c, plan, p.state) for r, c in zip(refitters, chunks, strict=False)
+            ]
+            for refitter in refitters[: len(chunks)]:  # each part grows to the weights refitted with it
+                while missing := list(refitter.get_missing_weights()):
+                    keep.append(set_planned_weights(trt, refitter, missing, plan, p.state))
+            row: dict[str, Any] = {"parts": len(chunks)}
+            cpu0 = _cpu()
+            t0 = time.perf_counter()
+            if how == "sequential":
+                oks = [bool(r.refit_cuda_engine()) for r in refitters[: len(chunks)]]
+            else:
+                with ThreadPoolExecutor(len(chunks)) as pool:
+                    oks = [
+                        bool(ok) for ok in pool.map(lambda r: r.refit_cuda_engine(), refitters[: len(chunks)])
+                    ]
+            torch.cuda.synchronize()
+            row["refit_s"] = time.perf_counter() - t0
+            cpu1 = _cpu()
+            row.update(ok=all(oks), cpu_user_s=cpu1[0] - cpu0[0], cpu_sys_s=cpu1[1] - cpu0[1])
+            row["digest"] = digest(engine)
+            got = _run_engine(trt, engine, inputs)
+            row["max_abs_vs_full"] = max(
+                float((g - e).abs().max()) for g, e in zip(got, expected, strict=True)
+            )
+            report[f"{how}_{parts}"] = clean(row)
+            print(f"[split] {name} {how} x{parts}: {clean(row)}", file=sys.stderr, flush=True)
+            del keep, refitters, engine
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -310,11 +404,12 @@ def main() -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument(
         "--mode",
-        choices=("anatomy", "persist", "from-primed", "runtime-cache", "runtime-cache-load"),
+        choices=("anatomy", "persist", "from-primed", "split", "runtime-cache", "runtime-cache-load"),
         default="anatomy",
         help="persist: is a first refit's cost paid once per engine file? from-primed: its second half, "
         "in a new process (same --workdir); runtime-cache(-load): does TensorRT-RTX's runtime cache keep it?",
     )
+    parser.add_argument("--parts", default="2,4,16", help="--mode split: into how many parts")
     parser.add_argument("--workdir", type=Path, help="keep bundles here (reused when present)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -325,6 +420,7 @@ def main() -> int:
         "anatomy": anatomy,
         "persist": persistence,
         "from-primed": from_primed,
+        "split": split_refit,
         "runtime-cache": runtime_cache,
         "runtime-cache-load": runtime_cache,
     }[args.mode]
