@@ -78,6 +78,14 @@ class Prepared:
         self.blob = self.entry.engine_bytes()
         self.weights_mb = sum(t.numel() * t.element_size() for t in self.state.values()) / 1e6
 
+    def plan(self, names: list[str]) -> Any:
+        """The fast path's plan: where each of the engine's weights `names` comes from."""
+        from trtrefit.worker.backends.trt_plan import plan_engine
+        from trtrefit.worker.backends.trt_record import engine_record
+
+        record = engine_record(self.record, self.entry.name, set(names))
+        return plan_engine(names, self.entry.weight_name_map(), record, self.specs, self.eps)
+
 
 def refit_once(
     p: Prepared,
@@ -91,8 +99,6 @@ def refit_once(
     blob: bytes | None = None,
 ) -> dict[str, Any]:
     from trtrefit.worker.backends.tensorrt import set_planned_weights
-    from trtrefit.worker.backends.trt_plan import plan_engine
-    from trtrefit.worker.backends.trt_record import engine_record
 
     trt = p.trt
     row: dict[str, Any] = {}
@@ -107,9 +113,7 @@ def refit_once(
     if refitter is None:
         refitter = trt.Refitter(engine, p.logger)
     names = list(refitter.get_all_weights())
-    plan = plan_engine(
-        names, p.entry.weight_name_map(), engine_record(p.record, p.entry.name, set(names)), p.specs, p.eps
-    )
+    plan = p.plan(names)
     chosen = names if only is None else sorted(names, key=lambda n: "KERNEL" not in n)[:only]
     t = time.perf_counter()
     keep = set_planned_weights(trt, refitter, chosen, plan, state or p.state)
@@ -333,8 +337,6 @@ def split_refit(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     import torch
 
     from trtrefit.worker.backends.tensorrt import serialize_engine, set_planned_weights
-    from trtrefit.worker.backends.trt_plan import plan_engine
-    from trtrefit.worker.backends.trt_record import engine_record
 
     p = Prepared(name, root, args.batch)
     trt = p.trt
@@ -354,31 +356,24 @@ def split_refit(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
             engine = trt.Runtime(p.logger).deserialize_cuda_engine(p.blob)
             refitters = [trt.Refitter(engine, p.logger) for _ in range(parts)]
             names = list(refitters[0].get_all_weights())
-            plan = plan_engine(
-                names,
-                p.entry.weight_name_map(),
-                engine_record(p.record, p.entry.name, set(names)),
-                p.specs,
-                p.eps,
-            )
+            plan = p.plan(names)
             size = -(-len(names) // parts)
             chunks = [names[i : i + size] for i in range(0, len(names), size)]
+            refitters = refitters[: len(chunks)]
             keep = [
-                set_planned_weights(trt, r, c, plan, p.state) for r, c in zip(refitters, chunks, strict=False)
+                set_planned_weights(trt, r, c, plan, p.state) for r, c in zip(refitters, chunks, strict=True)
             ]
-            for refitter in refitters[: len(chunks)]:  # each part grows to the weights refitted with it
+            for refitter in refitters:  # each part grows to the weights refitted with it
                 while missing := list(refitter.get_missing_weights()):
                     keep.append(set_planned_weights(trt, refitter, missing, plan, p.state))
             row: dict[str, Any] = {"parts": len(chunks)}
             cpu0 = _cpu()
             t0 = time.perf_counter()
             if how == "sequential":
-                oks = [bool(r.refit_cuda_engine()) for r in refitters[: len(chunks)]]
+                oks = [bool(r.refit_cuda_engine()) for r in refitters]
             else:
                 with ThreadPoolExecutor(len(chunks)) as pool:
-                    oks = [
-                        bool(ok) for ok in pool.map(lambda r: r.refit_cuda_engine(), refitters[: len(chunks)])
-                    ]
+                    oks = [bool(ok) for ok in pool.map(lambda r: r.refit_cuda_engine(), refitters)]
             torch.cuda.synchronize()
             row["refit_s"] = time.perf_counter() - t0
             cpu1 = _cpu()
