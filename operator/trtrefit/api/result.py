@@ -15,11 +15,13 @@ MAX_RESULT_BYTES = 4096
 
 
 class Outcome(StrEnum):
-    """How a refit ended. Exit codes: passed 0, error 1, verification_failed 2."""
+    """How a refit ended. Exit codes: passed 0, error 1, verification_failed 2. `superseded`: a serving
+    pod dropped a queued request because a newer one arrived (never a Job's outcome)."""
 
     PASSED = "passed"
     VERIFICATION_FAILED = "verification_failed"
     ERROR = "error"
+    SUPERSEDED = "superseded"
 
 
 class RefitPath(StrEnum):
@@ -62,12 +64,21 @@ class PublishedEngine(_Strict):
     sha256: str
 
 
+class CheckpointDigest(_Strict):
+    """The checkpoint a refit used, with the sha256 of the bytes actually read."""
+
+    uri: str
+    sha256: str
+
+
 class RefitResult(_Strict):
     """The worker's one result object. `message` is a single human-readable line."""
 
     api_version: str = Field(default=RESULT_API_VERSION, alias="apiVersion")
     outcome: Outcome
     message: str = ""
+    key: str | None = None  # the request's key, echoed
+    checkpoint: CheckpointDigest | None = None
     backend: str | None = None
     path: RefitPath | None = None
     engine: PublishedEngine | None = None
@@ -98,4 +109,6 @@ class RefitResult(_Strict):
 
 def exit_code(outcome: Outcome) -> int:
     """The worker's process exit code for an outcome."""
-    return {Outcome.PASSED: 0, Outcome.ERROR: 1, Outcome.VERIFICATION_FAILED: 2}[outcome]
+    return {Outcome.PASSED: 0, Outcome.ERROR: 1, Outcome.VERIFICATION_FAILED: 2, Outcome.SUPERSEDED: 1}[
+        outcome
+    ]

@@ -111,7 +111,7 @@ class VerifySpec(Model):
         )
     )
 
-    inputs: schema.Optional[Artifact] = Field(
+    inputs: schema.Optional[PinnedArtifact] = Field(
         default=None,
         description=(
             "A safetensors file of sample inputs named input_0, input_1, ... in call order. Exclusive with "
@@ -199,7 +199,7 @@ class TRTModelSpec(Model):
             "plain torch.export program for the CPU backend)."
         )
     )
-    source: schema.Optional[Artifact] = Field(
+    source: schema.Optional[PinnedArtifact] = Field(
         default=None,
         description=(
             "The torch.export program (.pt2) the engine was compiled from. Required when the checkpoint is a "
