@@ -1,13 +1,15 @@
 """`TRTModel.spec`: what to refit (engine, source, checkpoint), how to verify it, where to publish it, how
-to run the refit Job and which Deployment serves the result."""
+to run the refit Job, which Deployment serves the result and how a new checkpoint reaches its pods."""
 
 from __future__ import annotations
 
+import math
+import re
 from enum import StrEnum
 from typing import Annotated
 
 from kube_custom_resource import schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from trtrefit.api.base import (
     DNS_LABEL_PATTERN,
@@ -156,8 +158,9 @@ class PublishSpec(Model):
 
 
 class ServingSpec(Model):
-    """The Deployment that serves the engine. After a verified refit the operator patches its pod template
-    (the engine env var and the trtrefit.dev/engine-sha256 annotation) and Kubernetes rolls it."""
+    """The Deployment that serves the engine. Restart: after a verified refit the operator patches its pod
+    template (the engine env var and the trtrefit.dev/engine-sha256 annotation) and Kubernetes rolls it.
+    InPlace: the operator refits its ready pods where they run and never edits the template."""
 
     deployment_name: str = Field(
         description="Name of the Deployment in the TRTModel's namespace.",
@@ -172,10 +175,85 @@ class ServingSpec(Model):
     )
     engine_env_var: str = Field(
         default="TRT_ENGINE_URI",
-        description="Environment variable through which the container receives the engine URI.",
+        description=(
+            "Restart: environment variable through which the container receives the engine URI (unused by "
+            "InPlace)."
+        ),
         pattern=ENV_VAR_NAME_PATTERN,
         max_length=256,
     )
+
+
+class RolloutStrategy(StrEnum):
+    """How a verified checkpoint reaches the serving pods."""
+
+    RESTART = "Restart"
+    IN_PLACE = "InPlace"
+
+
+# An integer of pods, or a percentage of the Deployment's replicas (rounded up; at least one pod).
+MAX_CONCURRENT_PATTERN = r"^([1-9][0-9]*|([1-9][0-9]?|100)%)$"
+DEFAULT_PORT = 8080  # trtrefit serve's default; api/serving.py names the same number for the server
+
+
+class RolloutSpec(Model):
+    """How a new checkpoint reaches the serving pods. Restart: a refit Job publishes a refitted program and
+    the Deployment's pod template is patched, which restarts every pod. InPlace: the pods run
+    `trtrefit serve --model-name <TRTModel name>`; the operator sends the refit request to one ready pod (the
+    canary), then to the others in batches; each pod refits its live engine and verifies it, and the pod
+    template is never edited."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "type(self.maxConcurrent) == int ? self.maxConcurrent >= 1 : "
+                f"self.maxConcurrent.matches('{MAX_CONCURRENT_PATTERN}')",
+                "maxConcurrent is a number of pods (at least 1) or a percentage such as 25%",
+                ".maxConcurrent",
+            ),
+        )
+    )
+
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.RESTART,
+        description=(
+            "Restart (a refit Job, then a rolling restart of the Deployment) or InPlace (the serving pods "
+            "run `trtrefit serve` and are refitted live, without restarts)."
+        ),
+    )
+    max_concurrent: schema.IntOrString = Field(
+        default="25%",
+        description=(
+            "InPlace: how many ready pods are refitted at a time after the canary passed: a number, or a "
+            "percentage of the Deployment's replicas rounded up; at least one pod."
+        ),
+    )
+    port: int = Field(
+        default=DEFAULT_PORT,
+        description="InPlace: the port `trtrefit serve` listens on in each serving pod (the pod IP's).",
+        ge=1,
+        le=65535,
+    )
+    timeout_seconds: int = Field(
+        default=120,
+        description="InPlace: how long one pod's refit request may take before the operator gives up on it.",
+        ge=1,
+        le=3600,
+    )
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _count_or_percent(cls, value: str) -> str:
+        if not re.match(MAX_CONCURRENT_PATTERN, value):
+            raise ValueError("maxConcurrent is a number of pods (at least 1) or a percentage such as 25%")
+        return value
+
+    def batch_size(self, replicas: int) -> int:
+        """Pods refitted at a time for a Deployment of `replicas`: at least one."""
+        text = self.max_concurrent
+        if text.endswith("%"):
+            return max(1, math.ceil(replicas * int(text[:-1]) / 100))
+        return max(1, int(text))
 
 
 class TRTModelSpec(Model):
@@ -188,6 +266,13 @@ class TRTModelSpec(Model):
                 "source is required when the checkpoint is a bare state_dict (.safetensors, .pt, .pth): "
                 "verification runs the new weights in the source program",
                 ".source",
+                "FieldValueRequired",
+            ),
+            Rule(
+                "has(self.publish) || (has(self.rollout) && self.rollout.strategy == 'InPlace')",
+                "publish is required for the Restart strategy: the refit Job publishes the refitted program "
+                "there",
+                ".publish",
                 "FieldValueRequired",
             ),
         )
@@ -213,7 +298,13 @@ class TRTModelSpec(Model):
         )
     )
     verify: VerifySpec = Field(description="How the refitted program is verified before it may serve.")
-    publish: PublishSpec = Field(description="Where the refitted program is published.")
+    publish: schema.Optional[PublishSpec] = Field(
+        default=None,
+        description=(
+            "Where the refit Job publishes the refitted program. Required for the Restart strategy; InPlace "
+            "pods refit in memory and publish nothing."
+        ),
+    )
     refit_job: RefitJobSpec = Field(
         default_factory=RefitJobSpec,
         description="How the refit Job runs: image, resources, placement, credentials.",
@@ -221,6 +312,11 @@ class TRTModelSpec(Model):
         json_schema_extra={"default": {}},
     )
     serving: ServingSpec = Field(description="The Deployment that serves the refitted engine.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How a verified checkpoint reaches the serving pods: Restart (default) or InPlace.",
+        json_schema_extra={"default": {}},
+    )
     paused: bool = Field(
         default=False,
         description=(

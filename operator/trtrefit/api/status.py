@@ -68,7 +68,8 @@ class Digest(Model):
 
 
 class ServingStatus(Model):
-    """The engine the Deployment's pods run, seen after its rollout completed."""
+    """The engine the Deployment's pods run, seen after its rollout completed (Restart), or the checkpoint
+    every ready pod reports serving, verified (InPlace)."""
 
     engine: Digest = Field(description="The engine the serving pods load.")
     checkpoint: schema.Optional[Digest] = Field(
@@ -109,18 +110,22 @@ class RolloutOutcome(StrEnum):
 
 
 class RolloutStatus(Model):
-    """The rollout of the refitted engine to the serving Deployment."""
+    """The rollout of the refit to the serving Deployment: its pod template patched (Restart), or its ready
+    pods refitted in place after the canary (InPlace)."""
 
-    deployment: str = Field(description="The Deployment patched.")
+    deployment: str = Field(description="The serving Deployment.")
     outcome: RolloutOutcome = Field(description="RollingOut, Complete, Reverted or Failed.")
-    started_at: datetime = Field(description="When the operator patched the pod template.")
+    started_at: datetime = Field(
+        description="When the operator patched the pod template, or the canary passed (InPlace)."
+    )
     finished_at: schema.Optional[datetime] = Field(default=None, description="When the rollout ended.")
     seconds: schema.Optional[float] = Field(default=None, description="finishedAt - startedAt.")
     message: str = Field(default="", description="What happened, for humans.")
 
 
 class LastRefit(Model):
-    """The most recent refit for the desired spec: its Job, result, numbers and rollout."""
+    """The most recent refit for the desired spec: its Job (Restart) or canary pod (InPlace), result, numbers
+    and rollout."""
 
     key: str = Field(
         description=(
@@ -128,12 +133,23 @@ class LastRefit(Model):
             "with its first 10 characters."
         )
     )
-    job: str = Field(description="Name of the refit Job.")
+    job: schema.Optional[str] = Field(
+        default=None, description="Name of the refit Job (Restart); unset for an InPlace refit."
+    )
+    canary: schema.Optional[str] = Field(
+        default=None, description="InPlace: the serving pod that refitted and verified the checkpoint first."
+    )
     checkpoint: Digest = Field(description="The checkpoint refitted.")
     outcome: RefitOutcome = Field(description="Running, Passed, VerificationFailed or Failed.")
-    started_at: schema.Optional[datetime] = Field(default=None, description="When the refit Job started.")
-    finished_at: schema.Optional[datetime] = Field(default=None, description="When the refit Job ended.")
-    seconds: schema.Optional[float] = Field(default=None, description="Duration of the refit Job.")
+    started_at: schema.Optional[datetime] = Field(
+        default=None, description="When the refit Job started, or the canary's refit request was sent."
+    )
+    finished_at: schema.Optional[datetime] = Field(
+        default=None, description="When the refit Job ended, or the canary answered."
+    )
+    seconds: schema.Optional[float] = Field(
+        default=None, description="Duration of the refit Job, or of the canary's refit request."
+    )
     engine: schema.Optional[Digest] = Field(
         default=None, description="The refitted program the worker published."
     )
@@ -142,8 +158,18 @@ class LastRefit(Model):
     path: schema.Optional[str] = Field(
         default=None, description="Refit code path: fast, fallback or exported."
     )
-    message: str = Field(default="", description="The worker's one-line message, or why the Job failed.")
+    message: str = Field(
+        default="", description="The worker's (or canary's) one-line message, or why the refit failed."
+    )
     rollout: schema.Optional[RolloutStatus] = Field(default=None, description="The rollout of this refit.")
+
+
+class PodCounts(Model):
+    """InPlace: the serving pods as they report themselves (GET .../trtrefit on each ready pod)."""
+
+    ready: int = Field(description="Ready pods of the serving Deployment.", ge=0)
+    current: int = Field(description="Ready pods that serve spec.checkpoint, verified.", ge=0)
+    summary: str = Field(description="current/ready, e.g. 3/3, for `kubectl get`.", max_length=32)
 
 
 class HistoryEntry(Model):
@@ -171,6 +197,9 @@ class TRTModelStatus(Model):
         json_schema_extra=list_map("type"),
     )
     serving: schema.Optional[ServingStatus] = Field(default=None, description="What the Deployment serves.")
+    pods: schema.Optional[PodCounts] = Field(
+        default=None, description="InPlace: how many ready pods serve spec.checkpoint."
+    )
     last_refit: schema.Optional[LastRefit] = Field(default=None, description="The most recent refit.")
     history: list[HistoryEntry] = Field(
         default_factory=list,

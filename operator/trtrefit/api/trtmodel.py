@@ -39,6 +39,12 @@ PRINTER_COLUMNS = [
         "description": "The serving pods run the engine refitted from spec.checkpoint.",
     },
     {
+        "name": "Current",
+        "type": "string",
+        "jsonPath": ".status.pods.summary",
+        "description": "InPlace: ready pods serving spec.checkpoint / ready pods.",
+    },
+    {
         "name": "Engine",
         "type": "string",
         "jsonPath": ".status.serving.engine.uri",

@@ -65,7 +65,7 @@ def test_names_columns_and_subresources() -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 0]
-    assert columns == ["Phase", "Checkpoint", "Ready", "Age"]
+    assert columns == ["Phase", "Checkpoint", "Ready", "Current", "Age"]
 
 
 def test_every_field_has_a_description() -> None:
