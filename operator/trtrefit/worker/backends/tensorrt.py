@@ -299,24 +299,58 @@ def set_planned_weights(
 ) -> list[torch.Tensor]:
     """Give each named engine weight its planned value (on the GPU, or host memory for device "cpu").
     Returns the tensors: TensorRT reads them at refit time, so they must outlive the refit."""
-    import torch
+    prototypes = weight_prototypes(refitter, names)
+    values = materialize_planned(prototypes, plan, state, device)
+    set_weights(trt, refitter, prototypes, values, device)
+    return list(values.values())
 
-    location = trt.TensorLocation.DEVICE if device == "cuda" else trt.TensorLocation.HOST
-    keep = []
+
+def weight_prototypes(refitter: Any, names: Sequence[str]) -> dict[str, tuple[Any, int]]:
+    """TensorRT dtype and element count of each named engine weight (the only prototype fields that mean
+    anything on TensorRT-RTX, whose prototype values are garbage)."""
+    prototypes = {}
     for name in names:
         proto = refitter.get_weights_prototype(name)
-        dtype = _torch_dtype(proto.dtype, name)
+        prototypes[name] = (proto.dtype, int(proto.size))
+    return prototypes
+
+
+def materialize_planned(
+    prototypes: Mapping[str, tuple[Any, int]],
+    plan: EnginePlan,
+    state: Mapping[str, torch.Tensor],
+    device: str = "cuda",
+) -> dict[str, torch.Tensor]:
+    """Each engine weight's planned value as the flat tensor TensorRT takes, ready on `device` (a live
+    server computes these while the old weights still serve, then only `set_weights` under its lock)."""
+    import torch
+
+    values = {}
+    for name, (trt_dtype, count) in prototypes.items():
         try:
-            value = materialize(plan.sources[name], state, int(proto.size), dtype, device)
+            values[name] = materialize(
+                plan.sources[name], state, count, _torch_dtype(trt_dtype, name), device
+            )
         except PlanMismatchError as exc:
             raise FastPathError(f"'{name}': {exc}") from exc
-        keep.append(value)
-        weights = trt.Weights(proto.dtype, value.data_ptr(), value.numel())
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return values
+
+
+def set_weights(
+    trt: Any,
+    refitter: Any,
+    prototypes: Mapping[str, tuple[Any, int]],
+    values: Mapping[str, torch.Tensor],
+    device: str = "cuda",
+) -> None:
+    """Hand TensorRT the values (pointers only: they must stay alive until refit_cuda_engine returns)."""
+    location = trt.TensorLocation.DEVICE if device.startswith("cuda") else trt.TensorLocation.HOST
+    for name, value in values.items():
+        weights = trt.Weights(prototypes[name][0], value.data_ptr(), value.numel())
         if not refitter.set_named_weights(name, weights, location):
             raise FastPathError(f"TensorRT rejected the new value of '{name}'")
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return keep
 
 
 def serialize_engine(trt: Any, engine: Any) -> bytes:
