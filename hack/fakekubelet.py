@@ -1,27 +1,31 @@
-"""Play the kubelet for refit pods on the kwok nodes: run the pod's real container command as a local process.
+"""Play the kubelet on the kwok nodes: run pods' real container commands as local processes.
 
-kwok simulates nodes but runs no containers. For the e2e suite and the demo this module does what a kubelet
-would for each refit pod: it reads the pod spec from the API (command, args, env, envFrom), runs that command
-on this machine (the CPU `exported` backend), and writes the pod's status back through the API: the
-container's exit code, its termination message (the file at terminationMessagePath, or with
-`FallbackToLogsOnError` the tail of its output when the file is empty and the container failed) and the
-phase. Nothing is read from the operator's memory.
+kwok simulates nodes but runs no containers. For the e2e suite, the demo and the benchmarks this module does
+what a kubelet would, reading every pod spec from the API (nothing from the operator's memory):
+
+- refit pods (owned by a Job, running `trtrefit refit`): the command runs once (the CPU `exported` backend)
+  and the pod's status is written back: the container's exit code, its termination message (the file at
+  terminationMessagePath, or with `FallbackToLogsOnError` the tail of its output when the file is empty and
+  the container failed) and the phase;
+- serving pods (owned by a ReplicaSet, running `trtrefit serve`): a long-lived process on a loopback address
+  of its own, probed for readiness, restarted when it exits, stopped when the pod is deleted
+  (hack/servingpods.py). kwok leaves both kinds alone (hack/kwok/stages.yaml); other pods are kwok's.
+
+Both start from the environment the pod spec gives (hack/containerenv.py), never this process's.
 
 One deviation from a real kubelet, because there is no container filesystem to bind-mount into: the
 termination-message file is a temp file whose path the process receives in the environment variable
 TRTREFIT_TERMINATION_LOG (the worker writes there instead of /dev/termination-log), just as a kubelet
 injects its own variables (KUBERNETES_SERVICE_HOST, ...).
 
-    python hack/fakekubelet.py --kubeconfig K --namespace NS [--namespace NS2]   # runs until interrupted
+    python hack/fakekubelet.py --kubeconfig K --namespace NS [--namespace NS2] [--log-dir D]
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
-import os
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,10 +38,15 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from containerenv import ENTRYPOINT, ContainerConfigError, resolve_argv, resolve_env
+from servingpods import IpPool, ServingPod, is_serving_pod
+
+__all__ = ["FakeKubelet", "is_refit_pod", "resolve_argv", "termination_message", "write_terminated"]
+
 TERMINATION_ENV = "TRTREFIT_TERMINATION_LOG"
 MAX_MESSAGE_BYTES = 4096  # the kubelet's limit for one container's termination message
 FALLBACK_LOG_BYTES = 2048  # and for the log tail used by FallbackToLogsOnError
-WORKER_ENTRYPOINT = "trtrefit"  # the worker image's ENTRYPOINT, used when a container sets no command
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 def is_refit_pod(pod: Any) -> bool:
@@ -47,58 +56,8 @@ def is_refit_pod(pod: Any) -> bool:
         return False
     if pod.metadata.deletion_timestamp is not None or pod.status.phase in ("Succeeded", "Failed"):
         return False
-    container = pod.spec.containers[0]
-    argv = [*(container.command or [WORKER_ENTRYPOINT]), *(container.args or [])]
-    return Path(argv[0]).name == WORKER_ENTRYPOINT and "refit" in argv[1:2]
-
-
-def resolve_argv(container: Any, bin_dir: Path) -> list[str]:
-    """The container's command line, with the worker entrypoint resolved to this machine's install."""
-    argv = [*(container.command or [WORKER_ENTRYPOINT]), *(container.args or [])]
-    if Path(argv[0]).name == WORKER_ENTRYPOINT:
-        local = bin_dir / WORKER_ENTRYPOINT
-        argv[0] = str(local) if local.exists() else (shutil.which(WORKER_ENTRYPOINT) or argv[0])
-    return argv
-
-
-def _decode(data: dict[str, str] | None, binary: bool) -> dict[str, str]:
-    if not data:
-        return {}
-    return {k: base64.b64decode(v).decode() if binary else v for k, v in data.items()}
-
-
-def resolve_env(core: Any, pod: Any, container: Any) -> dict[str, str]:
-    """The environment a kubelet would give the container: envFrom first, then env (which wins)."""
-    ns = pod.metadata.namespace
-    env: dict[str, str] = {}
-    for source in container.env_from or []:
-        prefix = source.prefix or ""
-        if source.secret_ref is not None:
-            data = _decode(core.read_namespaced_secret(source.secret_ref.name, ns).data, binary=True)
-        elif source.config_map_ref is not None:
-            data = _decode(core.read_namespaced_config_map(source.config_map_ref.name, ns).data, binary=False)
-        else:
-            continue
-        env.update({prefix + k: v for k, v in data.items()})
-    field_values = {
-        "metadata.name": pod.metadata.name,
-        "metadata.namespace": ns,
-        "metadata.uid": pod.metadata.uid,
-        "spec.nodeName": pod.spec.node_name,
-        "spec.serviceAccountName": pod.spec.service_account_name or "default",
-    }
-    for var in container.env or []:
-        if var.value_from is None:
-            env[var.name] = var.value or ""
-        elif var.value_from.secret_key_ref is not None:
-            ref = var.value_from.secret_key_ref
-            env[var.name] = _decode(core.read_namespaced_secret(ref.name, ns).data, binary=True)[ref.key]
-        elif var.value_from.config_map_key_ref is not None:
-            ref = var.value_from.config_map_key_ref
-            env[var.name] = core.read_namespaced_config_map(ref.name, ns).data[ref.key]
-        elif var.value_from.field_ref is not None:
-            env[var.name] = field_values.get(var.value_from.field_ref.field_path, "")
-    return env
+    argv = resolve_argv(pod.spec.containers[0], None)
+    return Path(argv[0]).name == ENTRYPOINT and "refit" in argv[1:2]
 
 
 def termination_message(file_text: str, output: str, exit_code: int, policy: str | None) -> str:
@@ -115,26 +74,43 @@ def _now() -> str:
 
 @dataclass
 class FakeKubelet:
-    """Runs every refit pod in `namespaces` once, each in its own thread."""
+    """Runs the refit pods (once each, a thread each) and the serving pods (for as long as they live) of
+    `namespaces`, scheduled on kwok's nodes."""
 
     api: Any
     namespaces: Sequence[str]
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
-    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fakekubelet-logs-")))
+    ips: IpPool = field(default_factory=IpPool)
     _seen: set[str] = field(default_factory=set)
+    _serving: dict[str, ServingPod] = field(default_factory=dict)
+    _kwok_nodes: dict[str, bool] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def poll_once(self) -> None:
         core = client.CoreV1Api(self.api)
+        live: set[str] = set()
         for ns in self.namespaces:
             for pod in core.list_namespaced_pod(ns).items:
-                if pod.metadata.uid in self._seen or not is_refit_pod(pod):
-                    continue
-                self._seen.add(pod.metadata.uid)
-                thread = threading.Thread(target=self.run_pod, args=(pod,), daemon=True)
-                thread.start()
-                self._threads.append(thread)
+                uid = pod.metadata.uid
+                if is_serving_pod(pod) and self._on_kwok_node(core, pod.spec.node_name):
+                    live.add(uid)
+                    if uid not in self._serving:
+                        self._serving[uid] = ServingPod(self.api, pod, self.ips, self.bin_dir, self.log_dir)
+                        self._serving[uid].start()
+                elif uid not in self._seen and is_refit_pod(pod):
+                    self._seen.add(uid)
+                    thread = threading.Thread(target=self.run_pod, args=(pod,), daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
+        # Every list answered: a serving pod missing from them (or being deleted) is gone.
+        for uid in set(self._serving) - live:
+            self._serving.pop(uid).delete()
+
+    def serving_pod(self, uid: str) -> ServingPod | None:
+        """The local process behind a serving pod, by the pod's uid."""
+        return self._serving.get(uid)
 
     def serve(self, interval: float = 0.3) -> None:
         while not self._stop.is_set():
@@ -146,9 +122,22 @@ class FakeKubelet:
             self._stop.wait(interval)
 
     def stop(self, timeout: float = 60.0) -> None:
+        """Stop polling, stop every serving process (SIGTERM, then SIGKILL) and wait for the threads."""
         self._stop.set()
+        pods = list(self._serving.values())
+        self._serving.clear()
+        for pod in pods:
+            pod.delete()
+        for pod in pods:
+            pod.thread.join(timeout)
         for thread in self._threads:
             thread.join(timeout)
+
+    def _on_kwok_node(self, core: Any, node_name: str) -> bool:
+        if node_name not in self._kwok_nodes:
+            annotations = core.read_node(node_name).metadata.annotations or {}
+            self._kwok_nodes[node_name] = annotations.get(KWOK_NODE_ANNOTATION) == "fake"
+        return self._kwok_nodes[node_name]
 
     def run_pod(self, pod: Any) -> None:
         core = client.CoreV1Api(self.api)
@@ -157,9 +146,16 @@ class FakeKubelet:
         with tempfile.TemporaryDirectory(prefix="fakekubelet-") as tmp:
             term_file = Path(tmp) / "termination-log"
             term_file.touch()
-            env = {**self.base_env, **resolve_env(core, pod, container), TERMINATION_ENV: str(term_file)}
+            try:
+                env = resolve_env(
+                    core, pod, container, home=Path(tmp), bin_dir=self.bin_dir, pod_ip=pod.status.pod_ip or ""
+                )
+            except ContainerConfigError as exc:  # a refit pod has no later chance: report it as failed
+                self._write_status(core, pod, started, 1, f"CreateContainerConfigError: {exc}")
+                return
+            env[TERMINATION_ENV] = str(term_file)
             proc = subprocess.run(
-                resolve_argv(container, self.bin_dir),
+                resolve_argv(container, self.bin_dir, env),
                 env=env,
                 cwd=tmp,
                 capture_output=True,
@@ -227,16 +223,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--namespace", action="append", required=True, dest="namespaces")
+    parser.add_argument("--log-dir", type=Path, help="serving pods' output, one file per pod")
     args = parser.parse_args(argv)
     kubelet = FakeKubelet(
         api=config.new_client_from_config(config_file=args.kubeconfig), namespaces=args.namespaces
     )
-    print(f"fakekubelet: running refit pods in {', '.join(args.namespaces)}", file=sys.stderr)
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+        kubelet.log_dir = args.log_dir
+    print(
+        f"fakekubelet: running refit and serving pods in {', '.join(args.namespaces)}; "
+        f"serving pods' output in {kubelet.log_dir}",
+        file=sys.stderr,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # `make demo-down` stops us with SIGTERM: stop the pods too
     try:
         kubelet.serve()
     except KeyboardInterrupt:
+        pass
+    finally:
         kubelet.stop()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
