@@ -28,9 +28,16 @@ def quiet_torch() -> Iterator[None]:
 
 
 def load_program(path: Path, label: str) -> ExportedProgram:
-    """torch.export.load with one clear error line naming `label` (the URI) when it is not a program."""
+    """torch.export.load with one clear error line naming `label` (the URI) when it is not a program.
+
+    Every role loads archives through here (engine, source, checkpoint, `compile --program`, the server),
+    so the archive is inspected first: anything torch would unpickle or evaluate is refused unloaded.
+    """
     import torch
 
+    from trtrefit.worker.archive_guard import check_archive
+
+    check_archive(path, label)
     try:
         # An open file, not a name: torch.export.load complains about any suffix but .pt2 (.ep included).
         with quiet_torch(), path.open("rb") as handle:
