@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@echo "installing Python dependencies into $(VENV) (torch is a large download the first time)"
-	$(PY) -m pip install -q -e '.[worker,dev]'
+	$(PY) -m pip install -q -e '.[worker,serve,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP) ## Python virtualenv with the operator, worker and dev dependencies
+venv: $(STAMP) ## Python virtualenv with the operator, worker, serving and dev dependencies
 
 tools: ## build kube-apiserver & co., etcd, kwok, helm from source into the cache (once)
 	bash hack/build-tools.sh

@@ -13,6 +13,7 @@ from trtrefit import __version__
 def build_parser() -> argparse.ArgumentParser:
     from trtrefit.api.commands import add_crd_parser
     from trtrefit.controller.commands import add_operator_parser
+    from trtrefit.serving.commands import add_serve_parser
     from trtrefit.worker.commands import add_checkpoint_parser, add_compile_parser, add_refit_parser
 
     parser = argparse.ArgumentParser(prog="trtrefit", description=__doc__)
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_refit_parser(sub)
     add_checkpoint_parser(sub)
     add_operator_parser(sub)
+    add_serve_parser(sub)
     add_crd_parser(sub)
     return parser
 

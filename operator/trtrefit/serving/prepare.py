@@ -1,0 +1,138 @@
+"""Everything a refit does before it takes the lock, while requests keep flowing: fetch the checkpoint and
+the verification inputs, check names, shapes, dtypes and finiteness, stage the weights on the device and
+compute the reference outputs (the source program with the new weights, IEEE fp32).
+
+Nothing here touches what serves; every problem is a WorkerError naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trtrefit.api.request import RefitRequest
+from trtrefit.api.result import CheckpointDigest
+from trtrefit.worker import programs
+from trtrefit.worker.errors import WorkerError
+from trtrefit.worker.formats import check_compatible, load_checkpoint
+from trtrefit.worker.inputs import generate, input_specs, load_inputs
+from trtrefit.worker.progress import Progress
+from trtrefit.worker.refit import exact_fp32
+from trtrefit.worker.storage import Fetched, Retry, fetch
+
+if TYPE_CHECKING:
+    import torch
+    from torch.export import ExportedProgram
+
+    from trtrefit.serving.live import LiveProgram, Staged
+
+# A serving pod answers a caller who waits: fail an unreachable URI within seconds, not a minute.
+FETCH_RETRY = Retry(attempts=3, first_delay_s=0.2)
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    checkpoint: CheckpointDigest
+    staged: Staged
+    inputs: list[torch.Tensor]
+    expected: list[torch.Tensor]
+
+
+def prepare(
+    request: RefitRequest,
+    live: LiveProgram,
+    reference_source: ExportedProgram | None,
+    workdir: Path,
+    progress: Progress,
+) -> Prepared:
+    """Fetch, check, stage and compute the reference. A failure after the fetch is a PrepareError that
+    still names the bytes it read; a failed fetch is a plain WorkerError."""
+    with progress.stage("fetch"):
+        checkpoint_file, inputs_file = _fetch(request, workdir)
+    digest = CheckpointDigest(uri=checkpoint_file.uri, sha256=checkpoint_file.sha256)
+    try:
+        with progress.stage("check"):
+            label = f"checkpoint {request.checkpoint.uri}"
+            checkpoint = load_checkpoint(checkpoint_file.path, request.checkpoint.uri)
+            check_compatible(live.expected_weights(), checkpoint.state, label)
+            check_finite(checkpoint.state, label)
+            inputs = _inputs(request, inputs_file)
+        with progress.stage("stage"):
+            staged = live.stage(checkpoint.state)
+        with progress.stage("reference"):
+            reference = _reference_program(reference_source, checkpoint.state, checkpoint.program, request)
+            expected = run_reference(reference, inputs, live.device)
+    except WorkerError as exc:
+        raise PrepareError(exc.message, digest) from exc
+    return Prepared(digest, staged, inputs, expected)
+
+
+class PrepareError(WorkerError):
+    """A WorkerError that knows which checkpoint bytes it was about (for the result)."""
+
+    def __init__(self, message: str, checkpoint: CheckpointDigest | None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def _fetch(request: RefitRequest, workdir: Path) -> tuple[Fetched, Fetched | None]:
+    inputs = request.verify.inputs
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        checkpoint = pool.submit(
+            fetch, request.checkpoint.uri, workdir, request.checkpoint.sha256, FETCH_RETRY
+        )
+        sample = pool.submit(fetch, inputs.uri, workdir, inputs.sha256, FETCH_RETRY) if inputs else None
+        return checkpoint.result(), sample.result() if sample else None
+
+
+def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Refuse NaN/inf weights before they get anywhere near the engine."""
+    import torch
+
+    bad = sorted(
+        name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    )
+    if bad:
+        names = ", ".join(f"'{n}'" for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise WorkerError(f"{label}: non-finite values (NaN/inf) in {names}")
+
+
+def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor]:
+    if fetched is not None:
+        return load_inputs(fetched.path, fetched.uri)
+    generated = request.verify.generate or []
+    seed = request.verify.seed if request.verify.seed is not None else DEFAULT_SEED
+    return generate(input_specs(generated), seed)
+
+
+def _reference_program(
+    source: ExportedProgram | None,
+    state: Mapping[str, torch.Tensor],
+    checkpoint_program: ExportedProgram | None,
+    request: RefitRequest,
+) -> ExportedProgram:
+    """The PyTorch program carrying the new weights: the server's own copy of the source program (used
+    for nothing else, and refits run one at a time), else the checkpoint's own program."""
+    if source is not None:
+        programs.swap_weights(source, state)
+        return source
+    if checkpoint_program is not None:
+        return checkpoint_program
+    raise WorkerError(
+        f"checkpoint {request.checkpoint.uri} is a bare state_dict and the request names no source: "
+        "nothing to verify it against (set source, the torch.export program before compiling)"
+    )
+
+
+def run_reference(program: ExportedProgram, inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+    try:
+        with exact_fp32(device):
+            return programs.run(programs.to_device(program, device), [t.to(device) for t in inputs])
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkerError(f"the reference program does not run on the inputs ({shapes}): {first}") from exc

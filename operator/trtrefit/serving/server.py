@@ -1,0 +1,104 @@
+"""Run a ServingModel behind uvicorn: start-up in the background (live at once, ready once verified), and
+Kubernetes-friendly termination.
+
+On SIGTERM the server reports not ready at once (/v2/health/ready 503) but keeps answering for
+`drain_seconds`, the time the endpoints controller needs to stop routing here; then uvicorn stops
+accepting, finishes the requests in flight (up to `grace_seconds`) and the process exits 0. A second
+SIGTERM or SIGINT stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from trtrefit.api.request import RefitRequest
+from trtrefit.serving.app import build_app
+from trtrefit.serving.redact import redact_uri
+from trtrefit.serving.service import ServingModel, StartupError
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model_name: str
+    request: RefitRequest
+    host: str
+    port: int
+    token: str | None
+    workdir: Path
+    drain_seconds: float = 5.0
+    grace_seconds: float = 30.0
+
+
+def say(message: str) -> None:
+    print(f"[serve] {message}", file=sys.stderr, flush=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with a drain period between the first signal and the stop."""
+
+    def __init__(self, config: uvicorn.Config, service: ServingModel, drain_seconds: float) -> None:
+        super().__init__(config)
+        self._service = service
+        self._drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # a second signal: stop now (uvicorn re-raises it when done)
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._service.begin_shutdown()
+        say(f"{signal.Signals(sig).name}: not ready; draining for {self._drain_seconds:g} s, then stopping")
+        timer = threading.Timer(self._drain_seconds, self.stop)
+        timer.daemon = True
+        timer.start()
+
+    def stop(self) -> None:
+        """Stop accepting, finish what is in flight, return from run()."""
+        self.should_exit = True
+
+
+def run(options: ServeOptions) -> int:
+    """Serve until stopped; 0 after a clean stop, 1 when start-up failed."""
+    service = ServingModel(options.model_name, options.workdir)
+    config = uvicorn.Config(
+        build_app(service, options.token),
+        host=options.host,
+        port=options.port,
+        access_log=False,
+        log_level="info",
+        lifespan="off",
+        timeout_graceful_shutdown=int(options.grace_seconds),
+    )
+    server = _Server(config, service, options.drain_seconds)
+    failed = threading.Event()
+
+    def boot() -> None:
+        request = options.request
+        say(f"loading {redact_uri(request.engine.uri)}, refitting to {redact_uri(request.checkpoint.uri)}")
+        try:
+            result = service.start(request)
+        except StartupError as exc:
+            say(f"start-up failed: {exc}")
+            failed.set()
+            server.stop()
+            return
+        except Exception:  # a bug: say so, and exit non-zero rather than serve nothing forever
+            traceback.print_exc(file=sys.stderr)
+            say("start-up failed: internal error (traceback above)")
+            failed.set()
+            server.stop()
+            return
+        say(f"ready: model {options.model_name} serves the verified checkpoint ({result.message})")
+
+    threading.Thread(target=boot, name="startup", daemon=True).start()
+    server.run()
+    return 1 if failed.is_set() else 0
