@@ -88,7 +88,9 @@ class TensorRTLive:
         self.device = device
         self._label = label
         self._trt = tensorrt_module()
-        self._logger = self._trt.Logger(self._trt.Logger.WARNING)
+        from torch_tensorrt.logging import TRT_LOGGER
+
+        self._logger = TRT_LOGGER  # TensorRT keeps one logger per process: the runtime's, which this is
         self._entries = read_engines(engine_path, label)
         self._record = read_record(engine_path)
         self._expected = _expected_weights(self._record, source, label)
@@ -204,10 +206,13 @@ class TensorRTLive:
             if node.op != "call_function" or node.target is not torch.ops.tensorrt.execute_engine.default:
                 continue
             inputs, engine_node = node.args[0], node.args[1]
-            entry = by_slot.get(str(getattr(engine_node, "target", "")))
+            target = str(getattr(engine_node, "target", ""))
+            entry = by_slot.get(target)
             if entry is None:
+                known = ", ".join(sorted(by_slot))
                 raise WorkerError(
-                    f"engine {self._label}: no engine in the archive for graph node {node.name}"
+                    f"engine {self._label}: graph node {node.name} runs '{target}', which is none of the "
+                    f"archive's engines ({known})"
                 )
             engine = self._build(entry, f"_trtrefit_live_{len(engines)}")
             self._module.add_submodule(engine.slot, _EngineCall(engine.module))
