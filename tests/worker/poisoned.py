@@ -161,3 +161,24 @@ def evaluated_text(source: Path, target: Path, key: str, value: Any) -> Path:
         return dict(edited)
 
     return rewrite(source, target, edit_json={"models/model.json": top})
+
+
+def custom_object_raw(source: Path, target: Path, data_pkl: bytes) -> Path:
+    """A custom object constant whose TorchScript `data.pkl` is exactly `data_pkl`."""
+    import torch
+
+    buffer = io.BytesIO()
+    writer = torch._C.PyTorchFileWriter(buffer)
+    writer.write_record("data.pkl", data_pkl, len(data_pkl))
+    writer.write_end_of_file()
+
+    def add(document: dict[str, Any]) -> dict[str, Any]:
+        document["config"]["obj"] = {"path_name": "custom_obj_0", "is_param": False, "use_pickle": True}
+        return document
+
+    return rewrite(
+        source,
+        target,
+        replace={"data/constants/custom_obj_0": buffer.getvalue()},
+        edit_json={"data/constants/model_constants_config.json": add},
+    )

@@ -25,7 +25,25 @@ MAX_EXPONENT_DIGITS = 3
 # What torch's serializer and shape printers emit: sympy's relational/arithmetic heads and the functions
 # torch registers for shape math (torch/utils/_sympy/functions.py, the deserializer's sympy_functions).
 SYMPY_FUNCTIONS = frozenset(
-    {"Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or"}
+    {
+        "Symbol",
+        "Integer",
+        "Rational",
+        "Float",
+        "Add",
+        "Mul",
+        "Pow",
+        "Max",
+        "Min",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+    }
     | {"Not", "Abs", "Mod", "Piecewise", "ITE", "floor", "ceiling", "sqrt", "FloorDiv", "ModularIndexing"}
     | {"Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift", "RShift"}
     | {"PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator"}
@@ -55,7 +73,7 @@ _TOKEN = re.compile(
 )
 
 
-class UnsafeText(ValueError):
+class UnsafeTextError(ValueError):
     """A string torch would evaluate is outside the grammar; the message says what and where."""
 
 
@@ -64,7 +82,7 @@ def check_model_json(raw: bytes) -> None:
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnsafeText(f"not valid JSON: {exc}") from exc
+        raise UnsafeTextError(f"not valid JSON: {exc}") from exc
     for key, value in _items(document):
         if key == "expr_str":
             check_sympy_expression(_text(key, value))
@@ -94,7 +112,7 @@ def _items(value: Any) -> Iterator[tuple[str, Any]]:
 
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise UnsafeText(f"{key} is a {type(value).__name__}, not a string")
+        raise UnsafeTextError(f"{key} is a {type(value).__name__}, not a string")
     return value
 
 
@@ -116,22 +134,24 @@ def check_guard(text: str) -> None:
 
 def _check(text: str, what: str, allowed: Callable[[str, str], bool], *, brackets: bool) -> None:
     if len(text) > MAX_EXPRESSION_CHARS:
-        raise UnsafeText(f"{what} of {len(text)} characters (at most {MAX_EXPRESSION_CHARS})")
+        raise UnsafeTextError(f"{what} of {len(text)} characters (at most {MAX_EXPRESSION_CHARS})")
     tokens = _tokens(text, what)
     for index, (kind, value) in enumerate(tokens):
         after = tokens[index + 1][1] if index + 1 < len(tokens) else ""
         if kind == "name" and not allowed(value, after):
-            raise UnsafeText(f"{what} {_quote(text)} uses {value!r}, which torch's own output never does")
+            raise UnsafeTextError(
+                f"{what} {_quote(text)} uses {value!r}, which torch's own output never does"
+            )
         if kind == "str" and not PLAIN_STRING.fullmatch(value[1:-1]):
-            raise UnsafeText(f"{what} {_quote(text)} holds the string {value}")
+            raise UnsafeTextError(f"{what} {_quote(text)} holds the string {value}")
         if kind == "num" and len(value) > MAX_NUMBER_DIGITS:
-            raise UnsafeText(f"{what} {_quote(text)} holds a number of {len(value)} digits")
+            raise UnsafeTextError(f"{what} {_quote(text)} holds a number of {len(value)} digits")
         if kind == "op" and value in "[]" and not brackets:
-            raise UnsafeText(f"{what} {_quote(text)} indexes with brackets")
+            raise UnsafeTextError(f"{what} {_quote(text)} indexes with brackets")
         if kind == "op" and value == "." and (index == 0 or tokens[index - 1][0] == "num" or not brackets):
-            raise UnsafeText(f"{what} {_quote(text)} reads an attribute")
+            raise UnsafeTextError(f"{what} {_quote(text)} reads an attribute")
         if value == "**" and not _small_exponent(tokens[index + 1 : index + 3]):
-            raise UnsafeText(f"{what} {_quote(text)} raises to a large or nested power")
+            raise UnsafeTextError(f"{what} {_quote(text)} raises to a large or nested power")
 
 
 def _tokens(text: str, what: str) -> list[tuple[str, str]]:
@@ -140,7 +160,9 @@ def _tokens(text: str, what: str) -> list[tuple[str, str]]:
     while position < len(text.rstrip()):
         match = _TOKEN.match(text, position)
         if match is None or match.end() == position:
-            raise UnsafeText(f"{what} {_quote(text)}: unexpected text at {text[position:position + 20]!r}")
+            raise UnsafeTextError(
+                f"{what} {_quote(text)}: unexpected text at {text[position : position + 20]!r}"
+            )
         kind = match.lastgroup or "op"
         tokens.append((kind, match.group(kind)))
         position = match.end()
@@ -164,7 +186,7 @@ def check_treespec(text: str) -> None:
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UnsafeText(f"pytree spec is not valid JSON: {exc}") from exc
+        raise UnsafeTextError(f"pytree spec is not valid JSON: {exc}") from exc
     nodes = [spec[1]] if isinstance(spec, list) and len(spec) == 2 else [spec]
     while nodes:
         node = nodes.pop()
@@ -180,10 +202,10 @@ def check_treespec(text: str) -> None:
             continue  # torch fails on it the same way, before importing anything
         for obj in _objects(loaded):
             if "__enum__" in obj:
-                raise UnsafeText("pytree spec names an Enum, which loading would import")
+                raise UnsafeTextError("pytree spec names an Enum, which loading would import")
             factory = (obj.get("default_factory_module"), obj.get("default_factory_name"))
             if "default_factory_module" in obj and factory not in SAFE_DEFAULT_FACTORIES:
-                raise UnsafeText(f"pytree spec names the defaultdict factory {factory[0]}.{factory[1]}")
+                raise UnsafeTextError(f"pytree spec names the defaultdict factory {factory[0]}.{factory[1]}")
 
 
 def _quote(text: str) -> str:

@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from trtrefit.worker.archive_code import UnsafeText, check_model_json
+from trtrefit.worker.archive_code import UnsafeTextError, check_model_json
 from trtrefit.worker.errors import WorkerError
 
 ENGINE_CLASS = "__torch__.torch.classes.tensorrt Engine"  # as a pickle GLOBAL names it
@@ -38,7 +38,7 @@ _SCRIPT_HELPERS = frozenset(
 _LEGACY_MEMBERS = ("serialized_state_dict.pt", "serialized_constants.pt", "serialized_example_inputs.pt")
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     def __init__(self, member: str, why: str) -> None:
         super().__init__(f"{member}: {why}")
 
@@ -50,7 +50,7 @@ def check_archive(path: Path, label: str) -> None:
         _check_legacy_view(path)
         reader = _open(path, label)
         _check_records(reader)
-    except _Refused as exc:
+    except _RefusedError as exc:
         raise WorkerError(f"{label}: refusing to load: {exc}") from None
 
 
@@ -64,7 +64,7 @@ def _check_legacy_view(path: Path) -> None:
         return  # neither reader can open it; torch fails before unpickling anything
     for name in names:
         if name.rsplit("/", 1)[-1] in _LEGACY_MEMBERS:
-            raise _Refused(name, "legacy pickled layout (torch would unpickle it)")
+            raise _RefusedError(name, "legacy pickled layout (torch would unpickle it)")
 
 
 def _open(path: Path, label: str) -> Any:
@@ -83,23 +83,25 @@ def _check_records(reader: Any) -> None:
     records = set(reader.get_all_records())
     for record in sorted(records):
         if record.startswith(pt2.AOTINDUCTOR_DIR):
-            raise _Refused(record, "AOTInductor compiled code (a shared library torch would load)")
+            raise _RefusedError(record, "AOTInductor compiled code (a shared library torch would load)")
     prefix, suffix = pt2.MODELS_FILENAME_FORMAT.split("{}")
-    models = sorted(r[len(prefix) : -len(suffix)] for r in records if r.startswith(prefix) and r.endswith(suffix))
+    models = sorted(
+        r[len(prefix) : -len(suffix)] for r in records if r.startswith(prefix) and r.endswith(suffix)
+    )
     if not models:
-        raise _Refused(pt2.MODELS_DIR, "no program in the archive")
+        raise _RefusedError(pt2.MODELS_DIR, "no program in the archive")
     for model in models:
         for legacy in (f"{pt2.WEIGHTS_DIR}{model}.pt", f"{pt2.CONSTANTS_DIR}{model}.pt"):
             if legacy in records:
-                raise _Refused(legacy, "legacy pickled layout (torch would unpickle it)")
+                raise _RefusedError(legacy, "legacy pickled layout (torch would unpickle it)")
         _check_weights(reader, records, model)
         _check_constants(reader, records, model)
         _check_sample_inputs(reader, records, model)
         member = pt2.MODELS_FILENAME_FORMAT.format(model)
         try:
             check_model_json(_read(reader, member))
-        except UnsafeText as exc:
-            raise _Refused(member, str(exc)) from None
+        except UnsafeTextError as exc:
+            raise _RefusedError(member, str(exc)) from None
 
 
 def _read(reader: Any, record: str) -> bytes:
@@ -112,9 +114,9 @@ def _payload_config(reader: Any, records: set[str], member: str) -> dict[str, di
     try:
         config = json.loads(_read(reader, member))["config"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise _Refused(member, f"not a payload config: {exc}") from None
+        raise _RefusedError(member, f"not a payload config: {exc}") from None
     if not isinstance(config, dict) or not all(isinstance(m, dict) for m in config.values()):
-        raise _Refused(member, "not a payload config: expected an object of objects")
+        raise _RefusedError(member, "not a payload config: expected an object of objects")
     return config
 
 
@@ -125,7 +127,9 @@ def _check_weights(reader: Any, records: set[str], model: str) -> None:
     for fqn, meta in _payload_config(reader, records, member).items():
         if meta.get("use_pickle"):
             where = pt2.WEIGHTS_DIR + str(meta.get("path_name"))
-            raise _Refused(where, f"weight '{fqn}' is pickled (use_pickle; torch unpickles it unrestricted)")
+            raise _RefusedError(
+                where, f"weight '{fqn}' is pickled (use_pickle; torch unpickles it unrestricted)"
+            )
 
 
 def _check_constants(reader: Any, records: set[str], model: str) -> None:
@@ -137,13 +141,15 @@ def _check_constants(reader: Any, records: set[str], model: str) -> None:
         where = pt2.CONSTANTS_DIR + path_name
         if path_name.startswith(pt2.TENSOR_CONSTANT_FILENAME_PREFIX):
             if meta.get("use_pickle"):
-                raise _Refused(where, f"constant '{fqn}' is pickled (use_pickle; torch unpickles it unrestricted)")
+                raise _RefusedError(
+                    where, f"constant '{fqn}' is pickled (use_pickle; torch unpickles it unrestricted)"
+                )
         elif path_name.startswith(pt2.CUSTOM_OBJ_FILENAME_PREFIX):
             if where not in records:
-                raise _Refused(where, f"custom object '{fqn}' is missing")
+                raise _RefusedError(where, f"custom object '{fqn}' is missing")
             _check_custom_object(where, fqn, _read(reader, where))
         else:
-            raise _Refused(where, f"constant '{fqn}' of an unknown kind")
+            raise _RefusedError(where, f"constant '{fqn}' of an unknown kind")
 
 
 def _check_custom_object(member: str, fqn: str, blob: bytes) -> None:
@@ -156,19 +162,21 @@ def _check_custom_object(member: str, fqn: str, blob: bytes) -> None:
         body = bytes(inner.get_record("data.pkl"))
         ops = list(pickletools.genops(body))
     except (RuntimeError, ValueError) as exc:
-        raise _Refused(member, f"custom object '{fqn}' is not a readable TorchScript object: {exc}") from None
+        raise _RefusedError(
+            member, f"custom object '{fqn}' is not a readable TorchScript object: {exc}"
+        ) from None
     named = []
     for opcode, arg, _ in ops:
         if opcode.name in ("STACK_GLOBAL", "INST", "OBJ"):
-            raise _Refused(member, f"custom object '{fqn}' uses the pickle opcode {opcode.name}")
+            raise _RefusedError(member, f"custom object '{fqn}' uses the pickle opcode {opcode.name}")
         if opcode.name == "GLOBAL":
             named.append(str(arg))
     if not named or named[0] != ENGINE_CLASS:
         shown = named[0].replace(" ", ".") if named else "nothing"
-        raise _Refused(member, f"custom object '{fqn}' is {shown}; only {ENGINE_CLASS_NAME} is accepted")
+        raise _RefusedError(member, f"custom object '{fqn}' is {shown}; only {ENGINE_CLASS_NAME} is accepted")
     for name in named[1:]:
         if name != ENGINE_CLASS and name not in _SCRIPT_HELPERS:
-            raise _Refused(member, f"custom object '{fqn}' refers to {name.replace(' ', '.')}")
+            raise _RefusedError(member, f"custom object '{fqn}' refers to {name.replace(' ', '.')}")
 
 
 def _check_sample_inputs(reader: Any, records: set[str], model: str) -> None:
@@ -186,7 +194,7 @@ def _check_sample_inputs(reader: Any, records: set[str], model: str) -> None:
     try:
         torch.load(io.BytesIO(blob), weights_only=True)  # exactly torch's first try
     except Exception as exc:  # any failure at all is what sends torch to its weights_only=False retry
-        raise _Refused(member, f"example inputs weights_only=True cannot read ({_why(exc)})") from None
+        raise _RefusedError(member, f"example inputs weights_only=True cannot read ({_why(exc)})") from None
 
 
 def _why(exc: BaseException) -> str:
