@@ -4,15 +4,21 @@
 2. the Helm chart installed with its CRD; the operator runs on this machine with the chart's own
    ServiceAccount token (kwok runs no containers), watching the namespace `demo`
 3. a real S3 protocol server (moto) on 127.0.0.1 holding a model bundle made by `trtrefit compile`
-4. a serving Deployment (kwok runs its pods) and a TRTModel; the refit pods are run by hack/fakekubelet.py,
-   which executes each pod's real `trtrefit refit` command and writes the pod status like a kubelet
-5. a checkpoint bump, and the rollover: progress, Events, final status, the Deployment's new engine
+4. a serving Deployment and a TRTModel. InPlace (the default): three pods run `trtrefit serve`, each a real
+   process on a loopback address of its own, run by hack/fakekubelet.py; a client keeps asking them.
+   Restart (`--strategy Restart`): kwok runs the serving pods, and hack/fakekubelet.py runs each refit
+   pod's real `trtrefit refit` command and writes the pod status like a kubelet
+5. a checkpoint bump, and the rollover: progress, then each pod's answer before and after (InPlace: the
+   same pods, no restarts, the new checkpoint's answers) or the Deployment's new engine (Restart)
+
+    python hack/demo.py [--strategy InPlace|Restart]      python hack/demo.py down
 
 Everything keeps running afterwards for you to try more; `make demo-down` stops it all.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,6 +33,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+import inplace
 from localcluster import LOOPBACK, LocalCluster, Supervisor, Tools, free_port, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +50,7 @@ S3_CREDENTIALS = {
 GROUP, VERSION, PLURAL = "trtrefit.dev", "v1alpha1", "trtmodels"
 FIRST, SECOND = "s3://ckpt/demo/step-1.safetensors", "s3://ckpt/demo/step-2.safetensors"
 TRTREFIT = str(Path(sys.executable).parent / "trtrefit")
+SERVER, INPLACE_REPLICAS = "demo-server", 3
 
 
 def say(text: str) -> None:
@@ -159,8 +167,9 @@ def serving_deployment() -> dict[str, Any]:
     }
 
 
-def trtmodel(checkpoint: str, refit_service_account: str) -> dict[str, Any]:
-    return {
+def trtmodel(checkpoint: str, refit_service_account: str, strategy: str = "Restart") -> dict[str, Any]:
+    """The demo's TRTModel; InPlace refits the serving pods where they run, one canary then 25% at a time."""
+    body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TRTModel",
         "metadata": {"name": "demo"},
@@ -187,6 +196,9 @@ def trtmodel(checkpoint: str, refit_service_account: str) -> dict[str, Any]:
             },
         },
     }
+    if strategy == "InPlace":
+        body["spec"]["rollout"] = {"strategy": "InPlace", "maxConcurrent": "25%", "port": 8080}
+    return body
 
 
 def operator_kubeconfig(api: client.ApiClient, cluster: LocalCluster, path: Path) -> None:
@@ -213,8 +225,8 @@ def operator_kubeconfig(api: client.ApiClient, cluster: LocalCluster, path: Path
 def show_progress(
     custom: client.CustomObjectsApi, until: Callable[[dict[str, Any]], bool], timeout: float
 ) -> dict[str, Any]:
-    """Print a `kubectl get trtm -w`-style line whenever phase or the leading condition changes."""
-    print(f"{'NAME':<6} {'PHASE':<11} {'CHECKPOINT':<42} {'READY':<6} MESSAGE")
+    """Print a `kubectl get trtm -w`-style line whenever phase, pods or the leading condition change."""
+    print(f"{'NAME':<6} {'PHASE':<11} {'CHECKPOINT':<36} {'READY':<6} {'CURRENT':<8} MESSAGE")
     last, deadline = None, time.monotonic() + timeout
     while time.monotonic() < deadline:
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, DEMO_NS, PLURAL, "demo")
@@ -229,10 +241,17 @@ def show_progress(
             ),
             conds.get("Ready", {}),
         )
-        line = (status.get("phase", "-"), obj["spec"]["checkpoint"]["uri"], ready, lead.get("message", ""))
+        pods = (status.get("pods") or {}).get("summary", "-")
+        line = (
+            status.get("phase", "-"),
+            obj["spec"]["checkpoint"]["uri"],
+            ready,
+            pods,
+            lead.get("message", ""),
+        )
         current = status.get("observedGeneration") == obj["metadata"]["generation"]
         if line != last and current:  # a status from before the last spec change says nothing new
-            print(f"{'demo':<6} {line[0]:<11} {line[1]:<42} {line[2]:<6} {line[3]}", flush=True)
+            print(f"{'demo':<6} {line[0]:<11} {line[1]:<36} {line[2]:<6} {line[3]:<8} {line[4]}", flush=True)
             last = line
         if until(obj):
             return dict(obj)
@@ -309,8 +328,13 @@ def start_s3_with_bundle(procs: Supervisor) -> str:
     return endpoint
 
 
-def create_model(api: client.ApiClient, procs: Supervisor, cluster: LocalCluster, endpoint: str) -> None:
-    say("4/6 serving Deployment, S3 credentials Secret, the TRTModel; refit pods run by hack/fakekubelet.py")
+def create_model(
+    api: client.ApiClient, procs: Supervisor, cluster: LocalCluster, endpoint: str, strategy: str
+) -> None:
+    runs = "serving pods (trtrefit serve)" if strategy == "InPlace" else "refit pods"
+    say(
+        f"4/6 serving Deployment, S3 credentials Secret, the TRTModel ({strategy}); {runs} run by fakekubelet"
+    )
     client.CoreV1Api(api).create_namespaced_secret(
         DEMO_NS,
         client.V1Secret(
@@ -318,7 +342,12 @@ def create_model(api: client.ApiClient, procs: Supervisor, cluster: LocalCluster
             string_data={**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint},
         ),
     )
-    client.AppsV1Api(api).create_namespaced_deployment(DEMO_NS, serving_deployment())
+    deployment = (
+        inplace.serving_deployment(SERVER, "demo", INPLACE_REPLICAS)
+        if strategy == "InPlace"
+        else serving_deployment()
+    )
+    client.AppsV1Api(api).create_namespaced_deployment(DEMO_NS, deployment)
     procs.spawn(
         "fakekubelet",
         [
@@ -328,13 +357,15 @@ def create_model(api: client.ApiClient, procs: Supervisor, cluster: LocalCluster
             str(cluster.kubeconfig),
             "--namespace",
             DEMO_NS,
+            "--log-dir",
+            str(STATE / "logs" / "pods"),
         ],
     )
     custom = client.CustomObjectsApi(api)
     custom.create_namespaced_custom_object(
-        GROUP, VERSION, DEMO_NS, PLURAL, trtmodel(FIRST, f"{RELEASE}-refit")
+        GROUP, VERSION, DEMO_NS, PLURAL, trtmodel(FIRST, f"{RELEASE}-refit", strategy)
     )
-    show_progress(custom, settled_on(FIRST), timeout=180)
+    show_progress(custom, settled_on(FIRST), timeout=240)
 
 
 def bump_checkpoint(api: client.ApiClient) -> dict[str, Any]:
@@ -345,7 +376,71 @@ def bump_checkpoint(api: client.ApiClient) -> dict[str, Any]:
     return show_progress(custom, settled_on(SECOND), timeout=180)
 
 
-def report(api: client.ApiClient, cluster: LocalCluster, final: dict[str, Any]) -> None:
+class Client:
+    """The demo's client: asks each serving pod at its pod IP (tritonclient.http) and names the checkpoint
+    whose eager-PyTorch outputs the answer equals."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        bundle = STATE / "bundle"
+        self.api = api
+        self.inputs = inplace.load_inputs(bundle / "bundle" / "inputs.safetensors")
+        self.references = {
+            name: inplace.eager(MODEL, bundle / f"{name}.safetensors", self.inputs)
+            for name in ("step-1", "step-2")
+        }
+
+    def pods(self, title: str) -> dict[str, tuple[str, int]]:
+        """Print one line per pod (IP, restarts, what it reports, its answer); uid and restarts by name."""
+        print(f"\n{title}")
+        print(f"  {'POD':<30} {'IP':<11} {'RESTARTS':<9} {'SERVES (its own report)':<26} ANSWER")
+        seen = {}
+        for pod in inplace.live_pods(self.api, DEMO_NS, SERVER):
+            ip = pod.status.pod_ip
+            state = inplace.serving_state(ip, "demo")
+            answer = inplace.ask_pod(ip, "demo", self.inputs)
+            served = Path(state.checkpoint.uri).name if state.checkpoint else "-"
+            first = ", ".join(f"{v:+.3f}" for v in answer["output_0"][0][:3])
+            label = inplace.which(answer, self.references) or "NO CHECKPOINT (wrong)"
+            print(
+                f"  {pod.metadata.name:<30} {ip:<11} {inplace.restarts(pod):<9} {served:<26} "
+                f"[{first}, ...] = eager PyTorch on {label}"
+            )
+            seen[pod.metadata.name] = (pod.metadata.uid, inplace.restarts(pod))
+        return seen
+
+    def load(self) -> inplace.Load:
+        return inplace.Load(self.api, DEMO_NS, SERVER, "demo", self.inputs, self.references).start()
+
+
+def bump_in_place(api: client.ApiClient, cluster: LocalCluster) -> dict[str, Any]:
+    """The bump with a client asking the pods the whole time; the pods' answers before and after."""
+    asker = Client(api)
+    run([str(cluster.tools.kubectl), "get", "pods", "-n", DEMO_NS, "-o", "wide"], env=cluster.env())
+    before = asker.pods("each pod, asked at its pod IP before the bump:")
+    load = asker.load()
+    load.wait_answers(20)
+    started = time.monotonic()
+    final = bump_checkpoint(api)
+    took = time.monotonic() - started
+    load.wait_answers(20)
+    load.stop()
+    after = asker.pods("the same pods after the bump:")
+    same = before.keys() == after.keys() and all(before[n][0] == after[n][0] for n in before)
+    restarts = sum(r for _, r in after.values())
+    print(
+        f"\n  same pods (names and UIDs): {'yes' if same else 'NO'}; restarts: {restarts}; "
+        f"Ready on step-2 {took:.1f} s after the bump"
+    )
+    print(
+        f"  client during the bump: {load.sent} requests, {len(load.failures)} failed; answers from "
+        + ", ".join(f"{name}: {n}" for name, n in sorted(load.answers.items()))
+    )
+    for failure in load.failures[:5]:
+        print(f"    {failure}")
+    return final
+
+
+def report(api: client.ApiClient, cluster: LocalCluster, final: dict[str, Any], strategy: str) -> None:
     say("6/6 what a user sees")
     env, kubectl = cluster.env(), str(cluster.tools.kubectl)
     run([kubectl, "get", "trtm", "-n", DEMO_NS], env=env)
@@ -371,27 +466,31 @@ def report(api: client.ApiClient, cluster: LocalCluster, final: dict[str, Any]) 
         "status.lastRefit.verification:",
         json.dumps((status.get("lastRefit") or {}).get("verification"), indent=2),
     )
-    template = client.AppsV1Api(api).read_namespaced_deployment("demo-server", DEMO_NS).spec.template
-    engine = next(e.value for e in template.spec.containers[0].env if e.name == "TRT_ENGINE_URI")
-    print(f"\nDeployment demo-server now serves {engine}")
-    print(f"  pod template annotations: {json.dumps(template.metadata.annotations)}")
+    template = client.AppsV1Api(api).read_namespaced_deployment(SERVER, DEMO_NS).spec.template
+    if strategy == "InPlace":
+        print(f"\nDeployment {SERVER}'s pod template is untouched: {json.dumps(template.metadata.labels)}")
+    else:
+        engine = next(e.value for e in template.spec.containers[0].env if e.name == "TRT_ENGINE_URI")
+        print(f"\nDeployment {SERVER} now serves {engine}")
+        print(f"  pod template annotations: {json.dumps(template.metadata.annotations)}")
     patch = 'kubectl patch trtm -n demo demo --type merge -p \'{"spec":{"checkpoint":{"uri":"%s"}}}\''
     print(f"""
 \033[1mTry next\033[0m (everything is still running):
   export KUBECONFIG={cluster.kubeconfig} PATH={os.pathsep.join(str(d) for d in cluster.tools.bin_dirs)}:$PATH
   kubectl get trtm -n demo -w
   kubectl describe trtm -n demo demo
+  kubectl get pods -n demo -o wide
   # a checkpoint whose shapes do not match the engine: Failed and Stalled, serving untouched
   {patch % "s3://ckpt/demo/wrong-shape.safetensors"}
   # a checkpoint with non-finite weights: Verified=False with the numbers, serving untouched
   {patch % "s3://ckpt/demo/nonfinite.safetensors"}
   # recover with a good one
   {patch % FIRST}
-  logs: {STATE / "logs"} (operator, fakekubelet, s3) and {STATE / "cluster" / "logs"}
+  logs: {STATE / "logs"} (operator, fakekubelet, s3, pods/) and {STATE / "cluster" / "logs"}
 Tear down: make demo-down""")
 
 
-def up() -> int:
+def up(strategy: str) -> int:
     tools = Tools.from_cache()
     down(quiet=True)
     shutil.rmtree(STATE, ignore_errors=True)  # a fresh cluster (etcd data included) every run
@@ -401,8 +500,9 @@ def up() -> int:
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     install_chart_and_operator(cluster, api, procs)
     endpoint = start_s3_with_bundle(procs)
-    create_model(api, procs, cluster, endpoint)
-    report(api, cluster, bump_checkpoint(api))
+    create_model(api, procs, cluster, endpoint, strategy)
+    final = bump_in_place(api, cluster) if strategy == "InPlace" else bump_checkpoint(api)
+    report(api, cluster, final, strategy)
     return 0
 
 
@@ -419,10 +519,22 @@ def down(quiet: bool = False) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    if argv[1:] == ["down"]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", nargs="?", choices=["up", "down"], default="up")
+    parser.add_argument(
+        "--strategy",
+        choices=["InPlace", "Restart"],
+        default="InPlace",
+        help="InPlace (default): the serving pods are refitted where they run; Restart: a refit Job, then "
+        "a rolling restart",
+    )
+    args = parser.parse_args(argv[1:])
+    if args.action == "down":
         return down()
     try:
-        return up()
+        return up(args.strategy)
     except ApiException as exc:
         sys.exit(f"demo: API error {exc.status} {exc.reason}: {exc.body}")
 

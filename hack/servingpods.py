@@ -297,6 +297,7 @@ class ServingPod:
 
     def _exited(self, state: ContainerState, code: int) -> None:
         """The container exited: record it, wait out the back-off, and let the loop start it again."""
+        code = 128 - code if code < 0 else code  # killed by signal N: the runtime reports 128 + N
         state.last_terminated = {
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",

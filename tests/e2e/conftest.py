@@ -4,6 +4,7 @@ real `trtrefit refit` command from the pod spec the operator created."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,10 +14,12 @@ import pytest
 import s3fs
 from kubernetes import client
 
-from demo import S3_CREDENTIALS, make_bundle, upload
+from demo import MODEL, S3_CREDENTIALS, make_bundle, upload
 from fakekubelet import FakeKubelet
+from inplace import Outputs, eager, load_inputs
 
 # The operator fixtures of the integration suite, shared: the CRD applied once, `trtrefit operator` per test.
+from tests.integration.conftest import _FAILED as FAILED
 from tests.integration.conftest import operator, pytest_runtest_makereport, trtmodel_crd
 
 __all__ = ["operator", "pytest_runtest_makereport", "trtmodel_crd"]
@@ -46,9 +49,32 @@ def artifacts(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Artif
     return Artifacts(endpoint=s3_server, local=checkpoints)
 
 
+@dataclass(frozen=True)
+class Answers:
+    """The bundle's sample inputs, and what eager PyTorch computes from them with each good checkpoint's
+    weights (the model, `load_state_dict`, the inputs): what a serving pod must answer."""
+
+    inputs: Outputs
+    references: dict[str, Outputs]
+
+
+@pytest.fixture(scope="session")
+def answers(artifacts: Artifacts) -> Answers:
+    bundle = artifacts.local["step-1"].parent
+    inputs = load_inputs(bundle / "inputs.safetensors")
+    good = ("step-1", "step-2")
+    return Answers(inputs, {name: eager(MODEL, artifacts.local[name], inputs) for name in good})
+
+
 @pytest.fixture
-def kubelet(kube_api: client.ApiClient, namespace: str, artifacts: Artifacts) -> Iterator[FakeKubelet]:
-    """S3 credentials for the refit pods, and the fake kubelet running them."""
+def kubelet(
+    kube_api: client.ApiClient,
+    namespace: str,
+    artifacts: Artifacts,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[FakeKubelet]:
+    """S3 credentials for the refit and serving pods, and the fake kubelet running them."""
     client.CoreV1Api(kube_api).create_namespaced_secret(
         namespace,
         client.V1Secret(
@@ -56,9 +82,13 @@ def kubelet(kube_api: client.ApiClient, namespace: str, artifacts: Artifacts) ->
             string_data={**S3_CREDENTIALS, "AWS_ENDPOINT_URL": artifacts.endpoint},
         ),
     )
-    fake = FakeKubelet(api=kube_api, namespaces=[namespace])
+    fake = FakeKubelet(api=kube_api, namespaces=[namespace], log_dir=tmp_path / "pods")
+    fake.log_dir.mkdir()
     thread = threading.Thread(target=fake.serve, daemon=True)
     thread.start()
     yield fake
     fake.stop()
     thread.join(30)
+    if request.node.stash.get(FAILED, False):  # the serving pods' own output explains most failures
+        for log in sorted(fake.log_dir.glob("*.log")):
+            sys.stderr.write(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}\n")
