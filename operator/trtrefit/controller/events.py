@@ -4,7 +4,7 @@ after an operator restart)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from trtrefit.api.spec import TRTModelSpec
@@ -68,13 +68,13 @@ def action_events(actions: Sequence[Action], model_name: str, spec: TRTModelSpec
     return events
 
 
-def _refit_ended(old: LastRefit | None, new: LastRefit | None) -> bool:
+def refit_ended(old: LastRefit | None, new: LastRefit | None) -> bool:
     if new is None or new.outcome is RefitOutcome.RUNNING:
         return False
     return old is None or old.key != new.key or old.outcome is RefitOutcome.RUNNING
 
 
-def _rollout_ended(old: LastRefit | None, new: LastRefit | None) -> bool:
+def rollout_ended(old: LastRefit | None, new: LastRefit | None) -> bool:
     rollout = new.rollout if new is not None else None
     if rollout is None or rollout.outcome is RolloutOutcome.ROLLING_OUT:
         return False
@@ -107,10 +107,10 @@ def status_events(
     events: list[Event] = []
     finished: list[Finished] = []
     record = new.last_refit
-    if record is not None and _refit_ended(old.last_refit, record):
+    if record is not None and refit_ended(old.last_refit, record):
         events.append(_refit_event(record, spec))
         finished.append(Finished("refit", record.outcome.value, record.seconds))
-    if record is not None and record.rollout is not None and _rollout_ended(old.last_refit, record):
+    if record is not None and record.rollout is not None and rollout_ended(old.last_refit, record):
         rollout = record.rollout
         if rollout.outcome is RolloutOutcome.COMPLETE:
             engine = record.engine.uri if record.engine else ""
@@ -118,14 +118,19 @@ def status_events(
                 Event(NORMAL, "RolloutComplete", f"Deployment {rollout.deployment} serves engine {engine}")
             )
         finished.append(Finished("rollout", rollout.outcome.value, rollout.seconds))
-    events += _condition_events(old, new, spec.paused)
+    events += condition_events(old, new, spec.paused, _STALLED_ALONE)
     return events, finished
 
 
-def _condition_events(old: TRTModelStatus, new: TRTModelStatus, paused: bool) -> list[Event]:
+def condition_events(
+    old: TRTModelStatus, new: TRTModelStatus, paused: bool, stalled_alone_reasons: Collection[str]
+) -> list[Event]:
+    """A Warning when the model stalls for a reason no refit or rollout Event explains; Paused/Resumed."""
     events = []
     stalled, was_stalled = new.condition(ConditionType.STALLED), old.condition(ConditionType.STALLED)
-    stalled_alone = stalled is not None and stalled.status == "True" and stalled.reason in _STALLED_ALONE
+    stalled_alone = (
+        stalled is not None and stalled.status == "True" and stalled.reason in stalled_alone_reasons
+    )
     if stalled is not None and stalled_alone and (was_stalled is None or was_stalled != stalled):
         events.append(Event(WARNING, stalled.reason, stalled.message))
     reconciling, was = new.condition(ConditionType.RECONCILING), old.condition(ConditionType.RECONCILING)

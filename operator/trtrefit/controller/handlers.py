@@ -33,7 +33,16 @@ async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
     """One pass under the model's lock; its Events are posted after its status write, then metrics."""
     async with runtime.lock(namespace, name):
         now = runtime.clock()
-        result = await asyncio.to_thread(reconcile, runtime.cluster, runtime.config, namespace, name, now)
+        result = await asyncio.to_thread(
+            reconcile,
+            runtime.cluster,
+            runtime.config,
+            namespace,
+            name,
+            now,
+            pods=runtime.pods,
+            clock=runtime.clock,
+        )
     if result.reference is not None:
         model = kopf.Body(cast(kopf.RawBody, result.reference))
         for event in result.events:

@@ -130,3 +130,36 @@ class Cluster:
             field_manager=FIELD_MANAGER,
             _content_type=STRATEGIC_MERGE_PATCH,
         )
+
+    # InPlace: the serving pods, the token Secret and the desired-refit ConfigMap.
+
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        """Read by name only: the operator never lists or watches Secrets."""
+        try:
+            return _call(self.core.read_namespaced_secret, name, namespace)
+        except NotFoundError:
+            return None
+
+    def create_secret(self, namespace: str, secret: Obj) -> Obj:
+        return _call(self.core.create_namespaced_secret, namespace, secret, field_manager=FIELD_MANAGER)
+
+    def get_config_map(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _call(self.core.read_namespaced_config_map, name, namespace)
+        except NotFoundError:
+            return None
+
+    def create_config_map(self, namespace: str, config_map: Obj) -> Obj:
+        return _call(
+            self.core.create_namespaced_config_map, namespace, config_map, field_manager=FIELD_MANAGER
+        )
+
+    def patch_config_map(self, namespace: str, name: str, patch: Obj) -> Obj:
+        return _call(
+            self.core.patch_namespaced_config_map,
+            name,
+            namespace,
+            patch,
+            field_manager=FIELD_MANAGER,
+            _content_type=MERGE_PATCH,
+        )

@@ -39,3 +39,14 @@ def job_name(model_name: str, key: str) -> str:
         digest = hashlib.sha256(model_name.encode()).hexdigest()[:5]
         model_name = f"{model_name[: room - 6].rstrip('-')}-{digest}"
     return f"{model_name}{suffix}"
+
+
+# InPlace: the objects every serving pod reads through its environment (api/serving.py names the keys).
+def token_secret_name(model_name: str) -> str:
+    """`<model>-trtrefit-token`: the Secret holding the bearer token of the pods' refit endpoint."""
+    return f"{model_name}-trtrefit-token"
+
+
+def desired_config_map_name(model_name: str) -> str:
+    """`<model>-trtrefit`: the ConfigMap holding the refit request a starting pod performs before Ready."""
+    return f"{model_name}-trtrefit"

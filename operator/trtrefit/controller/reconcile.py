@@ -4,12 +4,14 @@ so a restarted operator, a lost event or a repeated pass all converge to the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from trtrefit.api.spec import RolloutStrategy
 from trtrefit.api.status import Phase, TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.act import execute
@@ -18,12 +20,14 @@ from trtrefit.controller.builders import worker_image
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.desired import DesiredRefit, desired_refit
 from trtrefit.controller.events import Event, Finished, action_events, status_events
+from trtrefit.controller.inplace import reconcile_in_place
 from trtrefit.controller.kube import Cluster, Obj
 from trtrefit.controller.naming import MODEL_UID_LABEL, REFIT_KEY_LABEL
 from trtrefit.controller.observe import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
 from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pods
 from trtrefit.controller.patches import merge_patch
 from trtrefit.controller.plan import plan
+from trtrefit.controller.pods import PodClient
 from trtrefit.controller.status import compute_status, invalid_spec_status
 
 
@@ -74,9 +78,18 @@ def observe(cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: Op
 
 
 def reconcile(
-    cluster: Cluster, config: OperatorConfig, namespace: str, name: str, now: datetime
+    cluster: Cluster,
+    config: OperatorConfig,
+    namespace: str,
+    name: str,
+    now: datetime,
+    *,
+    pods: PodClient | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> PassResult:
-    """Run one pass. Raises InvalidSpecError when the object does not parse (after saying so in status)."""
+    """Run one pass. Raises InvalidSpecError when the object does not parse (after saying so in status).
+
+    `pods` talks to InPlace serving pods; `clock` stamps what an InPlace pass does after `now`."""
     body = cluster.get_model(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return PassResult()
@@ -88,6 +101,8 @@ def reconcile(
         status = invalid_spec_status(body.get("status") or {}, generation, message, now)
         _write_status(cluster, body, status)
         raise InvalidSpecError(message) from exc
+    if model.spec.rollout.strategy is RolloutStrategy.IN_PLACE:
+        return _in_place(cluster, pods or PodClient(), model, body, clock=clock or (lambda: now))
     desired = desired_refit(model.spec)
     observed = observe(cluster, model, desired, config)
     actions = plan(
@@ -120,6 +135,23 @@ def reconcile(
         finished=finished,
         retry_after=outcome.retry_after,
         retry_reason=outcome.retry_reason,
+        wrote_status=wrote,
+    )
+
+
+def _in_place(
+    cluster: Cluster, pods: PodClient, model: TRTModel, body: Obj, *, clock: Callable[[], datetime]
+) -> PassResult:
+    generation = int(body["metadata"].get("generation", 0))
+    done = reconcile_in_place(cluster, pods, model, generation=generation, clock=clock)
+    wrote = _write_status(cluster, body, done.status)
+    return PassResult(
+        reference=reference(body),
+        phase=done.status.phase,
+        events=done.events,
+        finished=done.finished,
+        retry_after=done.retry_after,
+        retry_reason=done.retry_reason,
         wrote_status=wrote,
     )
 

@@ -1,5 +1,6 @@
-"""What the handlers share, carried in kopf's memo (never in module globals): the API access, the operator
-settings, the metrics, a lock per TRTModel (so passes for one model never overlap) and the clock."""
+"""What the handlers share, carried in kopf's memo (never in module globals): the API access, the HTTP client
+of InPlace serving pods, the operator settings, the metrics, a lock per TRTModel (so passes for one model
+never overlap) and the clock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.kube import Cluster
 from trtrefit.controller.metrics import Metrics
+from trtrefit.controller.pods import PodClient
 
 
 def utc_now() -> datetime:
@@ -23,6 +25,7 @@ class Runtime:
     cluster: Cluster
     config: OperatorConfig
     metrics: Metrics = field(default_factory=Metrics)
+    pods: PodClient = field(default_factory=PodClient)  # HTTP to InPlace serving pods
     clock: Callable[[], datetime] = utc_now
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
