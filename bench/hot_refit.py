@@ -1,0 +1,474 @@
+"""Hot refits in a live `trtrefit serve` model on a GPU, next to what a refit Job and a recompile cost.
+
+For each model (torchvision resnet50 and vit_b_16 with trained-looking weights, batch 8, fp32), in one
+process: compile the bundle with `trtrefit compile --backend tensorrt`'s code, write two checkpoints (A, B:
+every tensor of the compiled weights jittered, BatchNorm statistics included), then drive the server's
+own `ServingModel` (serving/service.py) the way the HTTP layer does, artifacts on local disk:
+
+  prime       ServingModel.start(A): load the program, the first refit (every Refitter's slow first
+              refit_cuda_engine), verify. `prime_s` is that refit's apply stage.
+  hot         >= --refits refits alternating B and A, each a full ServingModel.refit(request): fetch
+              (hash the local file) + check + stage + reference + lock(apply + verify), no load.
+  idle        --clients threads send inference requests (the verification inputs, output copied to the
+              host as a server answering would) for --load-s seconds; per-request latency.
+  refitting   the same load while refits alternate B/A back to back; every response is checked to be
+              exactly A's or B's output (never a mix, never an error): failed_requests.
+  fresh job   a subprocess `python -m trtrefit.worker refit` (the refit Job's command) to B, wall time.
+  recompile   torch_tensorrt.dynamo.compile of the source program carrying B, in this (warm) process.
+
+Writes hot_refit.json and hot_refit.md into --out. On the lent H200 (../shared/gpu/README.md):
+    source .gpu/b/stage2.sh && PYTHONPATH=operator:$PYTHONPATH python3 bench/hot_refit.py --out $OUT \
+        --commit <the commit the tree is at>
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = {
+    "resnet50": "trtrefit.worker.samples:resnet50",
+    "vit_b_16": "trtrefit.worker.samples:vit_b_16",
+    "small_cnn": "trtrefit.worker.samples:small_cnn",  # a CPU smoke test of this script (--backend exported)
+}
+IMAGE = {"small_cnn": 32}
+# As tests/gpu: TensorRT-RTX's fp32 engines are ~6e-4 of the largest output away from a float64 run, and
+# these random-statistics resnets produce outputs up to ~1300.
+TOLERANCES = {
+    "resnet50": {"rtol": 1e-2, "atol": 2.0, "min_cosine_similarity": 0.99999},
+    "vit_b_16": {"rtol": 1e-2, "atol": 1e-2, "min_cosine_similarity": 0.99999},
+    "small_cnn": {"rtol": 1e-2, "atol": 1e-2, "min_cosine_similarity": 0.999},
+}
+TARGETS = {  # DESIGN.md "Performance targets"
+    "resnet50": {"hot_total_s": 0.10, "lock_ms": 20.0},
+    "vit_b_16": {"hot_total_s": 0.25, "lock_ms": 40.0},
+}
+STAGES = ("fetch", "check", "stage", "reference", "wait", "lock", "apply", "verify", "total")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="resnet50,vit_b_16", help="from " + ", ".join(MODELS))
+    parser.add_argument("--backend", choices=("tensorrt", "exported"), default="tensorrt")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--refits", type=int, default=12, help="hot refits per model (alternating B, A)")
+    parser.add_argument("--clients", type=int, default=2, help="inference threads during the load phases")
+    parser.add_argument("--think-ms", type=float, default=2.0, help="pause between one client's requests")
+    parser.add_argument("--load-s", type=float, default=6.0, help="seconds of each load phase")
+    parser.add_argument("--no-job", action="store_true", help="skip the fresh-process refit Job")
+    parser.add_argument("--no-recompile", action="store_true")
+    parser.add_argument("--commit", default=os.environ.get("TRTREFIT_COMMIT", "unknown"))
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="hot-refit-"))
+    models = {}
+    for name in args.models.split(","):
+        log(f"{name}: start")
+        models[name] = bench_model(name, root / name, args)
+        log(f"{name}: {json.dumps(summary_line(models[name]))}")
+    result = {
+        "benchmark": "hot_refit",
+        "commit": args.commit,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python3 bench/hot_refit.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "versions": versions(),
+        "machine": machine(),
+        "n": {"hot_refits": args.refits, "clients": args.clients, "load_s": args.load_s},
+        "settings": {"batch": args.batch, "think_ms": args.think_ms, "tolerances": TOLERANCES},
+        "targets": TARGETS,
+        "wall_s": round(time.time() - started, 1),
+        "models": models,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "hot_refit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (args.out / "hot_refit.md").write_text(render(result))
+    print(render(result))
+    return 0
+
+
+def log(message: str) -> None:
+    print(f"[hot_refit] {message}", file=sys.stderr, flush=True)
+
+
+# -- one model ---------------------------------------------------------------------------------------
+
+
+def bench_model(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from trtrefit.worker.compile import CompileRequest, compile_bundle
+    from trtrefit.worker.samples import write_checkpoint
+
+    spec = MODELS[name]
+    started = time.perf_counter()
+    size = IMAGE.get(name, 224)
+    compile_bundle(
+        CompileRequest(output=root, shapes=[(args.batch, 3, size, size)], backend=args.backend, model=spec)
+    )
+    compile_s = time.perf_counter() - started
+    write_checkpoint(spec, 11, "jitter", root / "A.safetensors")
+    write_checkpoint(spec, 12, "jitter", root / "B.safetensors")
+    out: dict[str, Any] = {"compile_s": round(compile_s, 2)}
+    out.update(bench_serving(name, root, args))
+    release(torch)
+    if not args.no_job:
+        log(f"{name}: fresh-process refit Job")
+        out.update(fresh_job(name, root, args))
+    if not args.no_recompile and args.backend == "tensorrt":
+        log(f"{name}: recompile")
+        out["recompile_s"] = recompile(root)
+    release(torch)
+    return out
+
+
+def release(torch: Any) -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def request_for(name: str, root: Path, checkpoint: str, args: argparse.Namespace) -> Any:
+    from trtrefit.api.request import RefitRequest
+
+    uri = (root / checkpoint).resolve().as_uri()
+    return RefitRequest.model_validate(
+        {
+            "engine": {"uri": (root / "engine.ep").resolve().as_uri()},
+            "source": {"uri": (root / "source.pt2").resolve().as_uri()},
+            "checkpoint": {"uri": uri},
+            "verify": {
+                "inputs": {"uri": (root / "inputs.safetensors").resolve().as_uri()},
+                **TOLERANCES[name],
+            },
+            "device": "cuda" if args.backend == "tensorrt" else "cpu",
+            "key": f"{checkpoint[0].lower()}{'0' * 7}",
+        }
+    )
+
+
+def bench_serving(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from trtrefit.api.result import Outcome
+    from trtrefit.serving.service import ServingModel
+    from trtrefit.worker.inputs import load_inputs
+
+    requests = {key: request_for(name, root, f"{key}.safetensors", args) for key in "AB"}
+    model = ServingModel(name, Path(tempfile.mkdtemp(prefix="serve-", dir=root)))
+    started = time.perf_counter()
+    first = model.start(requests["A"])
+    start_s = time.perf_counter() - started
+    log(f"{name}: started in {start_s:.1f} s, first refit {first.timings}")
+    device = "cuda" if args.backend == "tensorrt" else "cpu"
+    inputs = [t.to(device) for t in load_inputs(root / "inputs.safetensors", "inputs")]
+    served = {"A": host(model.infer(inputs))}
+
+    hot = []
+    for index in range(args.refits):
+        key = "B" if index % 2 == 0 else "A"
+        result = model.refit(requests[key])
+        if result.outcome != Outcome.PASSED:
+            raise SystemExit(f"{name}: hot refit to {key} did not pass: {result.message}")
+        served.setdefault(key, host(model.infer(inputs)))
+        hot.append(result.timings)
+    log(f"{name}: hot refits {[round(t['total'], 3) for t in hot]}")
+
+    think_s = args.think_ms / 1000
+    idle = Load(model, inputs, served, think_s).run(args.clients, args.load_s, None)
+    log(f"{name}: idle load {idle['requests']} requests, p99 {idle['p99_ms']} ms")
+    under_load = Load(model, inputs, served, think_s).run(args.clients, args.load_s, requests)
+    log(f"{name}: load while refitting {under_load['requests']} requests, p99 {under_load['p99_ms']} ms")
+    del model
+    release(torch)
+
+    lock_ms = median([t["lock"] for t in hot]) * 1000
+    during = under_load.pop("refit_timings")
+    return {
+        "start_s": round(start_s, 2),
+        "prime_s": round(first.timings.get("apply", float("nan")), 3),
+        "first_refit_timings_s": rounded(first.timings),
+        "hot_total_s_median": round(median([t["total"] for t in hot]), 4),
+        "hot_total_s_p90": round(percentile([t["total"] for t in hot], 90), 4),
+        "hot_lock_ms_median": round(lock_ms, 2),
+        "hot_stages_ms_median": {s: round(median([t.get(s, 0.0) for t in hot]) * 1000, 2) for s in STAGES},
+        "hot_refits": len(hot),
+        "infer_p50_ms_idle": idle["p50_ms"],
+        "infer_p99_ms_idle": idle["p99_ms"],
+        "infer_p50_ms_refitting": under_load["p50_ms"],
+        "infer_p99_ms_refitting": under_load["p99_ms"],
+        "infer_max_ms_refitting": under_load["max_ms"],
+        "requests_idle": idle["requests"],
+        "requests_refitting": under_load["requests"],
+        "refits_during_load": len(during),
+        "refit_total_s_median_under_load": round(median([t["total"] for t in during]), 4) if during else None,
+        "refit_lock_ms_median_under_load": round(median([t["lock"] for t in during]) * 1000, 2)
+        if during
+        else None,
+        "failed_requests": idle["failed"] + under_load["failed"],
+        "failures": (idle["failures"] + under_load["failures"])[:5],
+        "p99_refitting_le_idle_plus_lock": under_load["p99_ms"] <= idle["p99_ms"] + lock_ms,
+    }
+
+
+def host(outputs: list[Any]) -> list[Any]:
+    return [t.detach().cpu() for t in outputs]
+
+
+class Load:
+    """--clients threads of requests for --load-s seconds; with `refits` (the two requests), a refit loop
+    alternates them meanwhile. A response that is not exactly A's or B's output counts as failed."""
+
+    def __init__(self, model: Any, inputs: list[Any], served: dict[str, list[Any]], think_s: float) -> None:
+        self.model, self.inputs, self.served, self.think_s = model, inputs, served, think_s
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.refit_timings: list[dict[str, float]] = []
+
+    def client(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            try:
+                outputs = host(self.model.infer(self.inputs))
+            except Exception as exc:  # the bench counts every kind of failure
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            elapsed = time.perf_counter() - started
+            with self.lock:
+                self.latencies.append(elapsed)
+                if not any(same(outputs, reference) for reference in self.served.values()):
+                    self.failures.append("a response equal to neither checkpoint's outputs")
+            time.sleep(self.think_s)
+
+    def refitter(self, refits: dict[str, Any]) -> None:
+        from trtrefit.api.result import Outcome
+
+        index = 0
+        while not self.stop.is_set():
+            key = "B" if index % 2 == 0 else "A"
+            result = self.model.refit(refits[key])
+            with self.lock:
+                if result.outcome != Outcome.PASSED:
+                    self.failures.append(f"refit to {key}: {result.outcome.value}: {result.message}")
+                self.refit_timings.append(result.timings)
+            index += 1
+
+    def run(self, clients: int, seconds: float, refits: dict[str, Any] | None) -> dict[str, Any]:
+        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
+        if refits is not None:
+            threads.append(threading.Thread(target=self.refitter, args=(refits,), daemon=True))
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        self.stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        return {
+            **latency_summary([x * 1000 for x in self.latencies]),
+            "failed": len(self.failures),
+            "failures": self.failures[:5],
+            "refit_timings": self.refit_timings,
+        }
+
+
+def same(outputs: list[Any], reference: list[Any]) -> bool:
+    import torch
+
+    return len(outputs) == len(reference) and all(
+        torch.equal(a, b) for a, b in zip(outputs, reference, strict=True)
+    )
+
+
+def latency_summary(ms: list[float]) -> dict[str, Any]:
+    return {
+        "requests": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3) if ms else None,
+        "p99_ms": round(percentile(ms, 99), 3) if ms else None,
+        "max_ms": round(max(ms), 3) if ms else None,
+    }
+
+
+def fresh_job(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """What a refit Job costs: the worker's command in a new process (imports included), to B."""
+    tol = TOLERANCES[name]
+    command = [
+        sys.executable,
+        "-m",
+        "trtrefit.worker",
+        "refit",
+        *["--engine", (root / "engine.ep").resolve().as_uri()],
+        *["--source", (root / "source.pt2").resolve().as_uri()],
+        *["--checkpoint", (root / "B.safetensors").resolve().as_uri()],
+        *["--inputs", (root / "inputs.safetensors").resolve().as_uri()],
+        *["--rtol", str(tol["rtol"]), "--atol", str(tol["atol"])],
+        *["--min-cosine-similarity", str(tol["min_cosine_similarity"])],
+        *["--publish", (root / "published").resolve().as_uri()],
+        *["--device", "cuda" if args.backend == "tensorrt" else "cpu"],
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    wall = time.perf_counter() - started
+    lines = [line for line in done.stdout.strip().splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}
+    if done.returncode != 0:
+        log(f"{name}: the Job exited {done.returncode}: {done.stderr[-2000:]}")
+    return {
+        "fresh_job_wall_s": round(wall, 2),
+        "fresh_job_exit": done.returncode,
+        "fresh_job_outcome": result.get("outcome"),
+        "fresh_job_path": result.get("path"),
+        "fresh_job_timings_s": rounded(result.get("timings", {})),
+    }
+
+
+def recompile(root: Path) -> float:
+    """torch_tensorrt.dynamo.compile of the source program with B's weights, as `trtrefit compile` does."""
+    import torch
+    import torch_tensorrt
+    from safetensors.torch import load_file
+
+    from trtrefit.worker import programs
+    from trtrefit.worker.inputs import load_inputs
+
+    source = programs.load_program(root / "source.pt2", "source")
+    programs.swap_weights(source, load_file(str(root / "B.safetensors")))
+    on_gpu = programs.to_device(source, "cuda")
+    inputs = [t.cuda() for t in load_inputs(root / "inputs.safetensors", "inputs")]
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    with programs.quiet_torch():
+        compiled = torch_tensorrt.dynamo.compile(
+            on_gpu, arg_inputs=inputs, immutable_weights=False, min_block_size=1
+        )
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    del compiled
+    return round(seconds, 2)
+
+
+# -- numbers and the report ----------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return float(ordered[rank - 1])
+
+
+def rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in timings.items()}
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        from trtrefit.worker.backends.tensorrt import versions as trt_versions
+
+        found |= trt_versions()
+    except ImportError:  # the CPU smoke test (--backend exported)
+        pass
+    return found
+
+
+def machine() -> dict[str, Any]:
+    found: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    try:
+        query = "--query-gpu=name,driver_version,memory.total"
+        text = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
+        found["gpu"] = text
+    except (OSError, subprocess.SubprocessError):
+        found["gpu"] = "unknown"
+    return found
+
+
+def summary_line(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("prime_s", "hot_total_s_median", "hot_lock_ms_median", "infer_p99_ms_idle")
+    return {k: m.get(k) for k in (*keys, "infer_p99_ms_refitting", "failed_requests", "fresh_job_wall_s")}
+
+
+def render(result: dict[str, Any]) -> str:
+    models = result["models"]
+    lines = [
+        "# Hot refit in a live `trtrefit serve` model (ServingModel, TensorRT engines refitted in place)",
+        "",
+        f"{result['date']}, commit {result['commit']}, {result['machine'].get('gpu')}, "
+        f"{result['machine'].get('cpus')} CPUs; versions {json.dumps(result['versions'], sort_keys=True)}.",
+        "",
+        f"Command: `{result['command']}` (n: {json.dumps(result['n'])}; wall {result['wall_s']} s).",
+        "",
+        "| | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    rows = [
+        ("prime: first refit after start, apply stage (s)", "prime_s"),
+        ("hot refit total, median (s)", "hot_total_s_median"),
+        ("hot refit total, p90 (s)", "hot_total_s_p90"),
+        ("lock held, median (ms)", "hot_lock_ms_median"),
+        ("inference p99 idle (ms)", "infer_p99_ms_idle"),
+        ("inference p99 while refitting (ms)", "infer_p99_ms_refitting"),
+        ("p99 refitting <= idle + lock", "p99_refitting_le_idle_plus_lock"),
+        ("failed requests", "failed_requests"),
+        ("refits during the load phase", "refits_during_load"),
+        ("refit total under load, median (s)", "refit_total_s_median_under_load"),
+        ("fresh-process refit Job, wall (s)", "fresh_job_wall_s"),
+        ("recompile, warm process (s)", "recompile_s"),
+    ]
+    for label, key in rows:
+        lines.append(f"| {label} | " + " | ".join(str(m.get(key)) for m in models.values()) + " |")
+    lines += ["", "Hot refit stages, medians (ms):", "", "| stage | " + " | ".join(models) + " |"]
+    lines.append("|---|" + "---|" * len(models))
+    for stage in STAGES:
+        cells = [str(m.get("hot_stages_ms_median", {}).get(stage)) for m in models.values()]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (DESIGN.md):", ""]
+    for name, m in models.items():
+        target = TARGETS.get(name)
+        if not target:
+            continue
+        total_ok = m.get("hot_total_s_median", float("inf")) <= target["hot_total_s"]
+        lock_ok = m.get("hot_lock_ms_median", float("inf")) <= target["lock_ms"]
+        lines.append(
+            f"- {name}: hot total {m.get('hot_total_s_median')} s vs <= {target['hot_total_s']} s "
+            f"({'met' if total_ok else 'MISSED'}); lock {m.get('hot_lock_ms_median')} ms vs <= "
+            f"{target['lock_ms']} ms ({'met' if lock_ok else 'MISSED'}); failed requests "
+            f"{m.get('failed_requests')}; p99 while refitting <= idle p99 + lock: "
+            f"{m.get('p99_refitting_le_idle_plus_lock')}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
