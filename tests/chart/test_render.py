@@ -171,11 +171,15 @@ def test_namespaced_mode_grants_namespaced_rights_only_where_watched(
     } == {"vision", "nlp"}
 
 
-def test_rules_grant_no_wildcards_and_no_secrets(rendered: dict[str, list[Manifest]]) -> None:
+def test_rules_grant_no_wildcards_and_secrets_only_by_name(rendered: dict[str, list[Manifest]]) -> None:
+    # InPlace: the token Secret and the desired-refit ConfigMap are created and read by name, never listed.
+    allowed = {"secrets": {"get", "create"}, "configmaps": {"get", "create", "patch"}}
     for manifest in by_kind(rendered["default"], "ClusterRole"):
         for rule in manifest["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-            assert not {"secrets", "configmaps", "serviceaccounts"} & set(rule["resources"])
+            assert "serviceaccounts" not in rule["resources"]
+            for resource in {"secrets", "configmaps"} & set(rule["resources"]):
+                assert set(rule["verbs"]) <= allowed[resource], (resource, rule["verbs"])
             assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
 
 

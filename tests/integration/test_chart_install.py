@@ -140,8 +140,12 @@ def test_operator_service_account_gets_exactly_the_rendered_rights(
         assert _can(operator, "patch", "trtmodels/status", "trtrefit.dev", "anywhere")
         assert _can(operator, "create", "jobs", "batch", "anywhere")
         assert _can(operator, "patch", "deployments", "apps", "anywhere")
+        assert _can(operator, "get", "secrets", "", "anywhere")  # InPlace: the refit token, by name
         for verb, resource, group in [
-            ("get", "secrets", ""),
+            ("list", "secrets", ""),
+            ("watch", "secrets", ""),
+            ("update", "secrets", ""),
+            ("list", "configmaps", ""),
             ("create", "pods", ""),
             ("delete", "deployments", "apps"),
             ("create", "deployments", "apps"),

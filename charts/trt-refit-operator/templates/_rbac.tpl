@@ -32,10 +32,21 @@ rights against a real API server, so a missing verb fails there and an unneeded 
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# The refit pod's termination message carries the worker's result (listed by label, never watched).
+# The refit pod's termination message carries the worker's result; InPlace: the serving Deployment's pods
+# (their IPs and readiness). Listed by label, never watched.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# InPlace: the desired-refit ConfigMap a starting serving pod reads; created, read by name, moved on after
+# the canary passed. Never listed or watched.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+# InPlace: the refit token Secret, created once and read by name to authenticate to the pods. Never listed,
+# watched, updated or deleted (garbage collection removes it with the TRTModel).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create]
 # The serving Deployment: its pod template gets the new engine; the rollout is followed.
 - apiGroups: [apps]
   resources: [deployments]
