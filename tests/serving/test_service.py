@@ -1,0 +1,225 @@
+"""ServingModel in process, on the real exported backend: start-up, hot refits, rollback on every kind of
+bad input with the old outputs still served, supersede, and the refusal of another engine."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from localcluster import free_port
+from tests.serving.conftest import SHAPE, Bundle, HeldFiles, eager
+from trtrefit.api.result import Outcome
+from trtrefit.serving.exported import ExportedLive
+from trtrefit.serving.service import InputError, NotReadyError, ServingModel, StartupError
+from trtrefit.worker.formats import TensorSpec
+
+X = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+STAGES = ("fetch", "check", "stage", "reference", "wait", "lock", "apply", "verify", "total")
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.allclose(a, b, atol=1e-5, rtol=1e-4))
+
+
+@pytest.fixture
+def model(bundle: Bundle, tmp_path: Path) -> Iterator[ServingModel]:
+    serving = ServingModel("cnn", tmp_path)
+    result = serving.start(bundle.request("a", key="aaaa0000"))
+    assert result.outcome == Outcome.PASSED, result.message
+    yield serving
+
+
+def test_start_serves_the_checkpoint_verified(model: ServingModel, bundle: Bundle) -> None:
+    (out,) = model.infer([X])
+    assert close(out, eager(bundle.checkpoints["a"])(X))
+    state = model.state()
+    assert state.ready and state.backend == "exported" and state.checkpoint is not None
+    assert state.checkpoint.key == "aaaa0000" and state.checkpoint.uri == bundle.checkpoints["a"].as_uri()
+    assert state.serves("aaaa0000")
+    assert [m.shape for m in model.inputs] == [SHAPE] and [m.shape for m in model.outputs] == [(4, 10)]
+
+
+def test_hot_refit_switches_and_reports_every_stage(model: ServingModel, bundle: Bundle) -> None:
+    result = model.refit(bundle.request("b", key="bbbb0000"))
+    assert result.outcome == Outcome.PASSED, result.message
+    assert result.key == "bbbb0000" and result.checkpoint is not None
+    assert len(result.checkpoint.sha256) == 64 and result.path is not None and result.path.value == "exported"
+    assert set(STAGES) <= set(result.timings), result.timings
+    assert result.verification is not None and result.verification.passed
+    (out,) = model.infer([X])
+    assert close(out, eager(bundle.checkpoints["b"])(X))
+    assert not close(out, eager(bundle.checkpoints["a"])(X))
+    assert model.state().serves("bbbb0000")
+
+
+def _bad_requests(bundle: Bundle, tmp: Path) -> dict[str, tuple[Any, str]]:
+    dead = f"http://127.0.0.1:{free_port()}/gone.safetensors"
+    return {
+        "wrong shape": (bundle.request("wrong-shape"), "shape"),
+        "missing key": (bundle.request("missing-key"), "missing key '8.bias'"),
+        "NaN": (bundle.request("nonfinite"), "non-finite"),
+        "digest mismatch": (
+            bundle.request("b", checkpoint__sha256="0" * 64),
+            "does not match the pinned",
+        ),
+        "unreachable URI": (bundle.request(dead), dead),
+        "not found": (bundle.request((tmp / "nope.safetensors").as_uri()), "not found"),
+        "constant outputs": (bundle.request("zero-head"), "constant"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong shape",
+        "missing key",
+        "NaN",
+        "digest mismatch",
+        "unreachable URI",
+        "not found",
+        "constant outputs",
+    ],
+)
+def test_bad_input_rolls_back_and_the_old_weights_keep_serving(
+    model: ServingModel, bundle: Bundle, tmp_path: Path, case: str
+) -> None:
+    before = model.state()
+    request, says = _bad_requests(bundle, tmp_path)[case]
+    result = model.refit(request)
+    expected = Outcome.VERIFICATION_FAILED if case == "constant outputs" else Outcome.ERROR
+    assert result.outcome == expected, result.message
+    assert says in result.message
+    (out,) = model.infer([X])
+    assert close(out, eager(bundle.checkpoints["a"])(X)), "the old checkpoint must still serve"
+    after = model.state()
+    assert after.checkpoint == before.checkpoint and after.ready
+    assert after.last_refit is not None and after.failed(request.key or "") is not None
+
+
+class Drifting:
+    """A live program whose outputs drift from PyTorch after a refit. A MOCK of a fault the exported
+    backend cannot produce (it runs the very graph the reference runs): an engine computing wrongly."""
+
+    def __init__(self, inner: ExportedLive) -> None:
+        self.inner, self.backend, self.device = inner, inner.backend, inner.device
+        self.applied = 0
+
+    def expected_weights(self) -> dict[str, TensorSpec]:
+        return self.inner.expected_weights()
+
+    def stage(self, state: Mapping[str, torch.Tensor]) -> object:
+        return self.inner.stage(state)
+
+    def current(self) -> object:
+        return self.inner.current()
+
+    def apply(self, staged: object) -> None:
+        self.applied += 1
+        self.inner.apply(staged)
+
+    def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        drift = 0.5 if self.applied % 2 == 0 and self.applied > 1 else 0.0
+        return [t + drift for t in self.inner.infer(inputs)]
+
+
+def test_missed_tolerances_roll_back(model: ServingModel, bundle: Bundle) -> None:
+    loaded = model._loaded
+    assert loaded is not None
+    drifting = Drifting(loaded.live)  # type: ignore[arg-type]
+    drifting.applied = 1
+    object.__setattr__(loaded, "live", drifting)
+    result = model.refit(bundle.request("b", key="bbbb0000"))
+    assert result.outcome == Outcome.VERIFICATION_FAILED
+    assert "exceeds atol" in result.message and "rolled back" in result.message
+    assert result.verification is not None and result.verification.max_abs_error >= 0.4
+    assert drifting.applied == 3, "applied the new weights, then the previous ones again"
+    (out,) = model.infer([X])
+    assert close(out, eager(bundle.checkpoints["a"])(X))
+    assert model.state().serves("aaaa0000")
+
+
+def test_another_engine_needs_new_pods(model: ServingModel, bundle: Bundle, tmp_path: Path) -> None:
+    other = tmp_path / "other.ep"
+    other.write_bytes(bundle.engine.read_bytes())
+    result = model.refit(bundle.request("b", engine={"uri": other.as_uri()}))
+    assert result.outcome == Outcome.ERROR and "needs new pods" in result.message
+    pinned = model.refit(bundle.request("b", engine__sha256="f" * 64))
+    assert pinned.outcome == Outcome.ERROR and "engine" in pinned.message
+    assert model.state().serves("aaaa0000")
+
+
+def test_a_newer_request_supersedes_the_queued_one(
+    model: ServingModel, bundle: Bundle, held_files: HeldFiles
+) -> None:
+    """A runs (its download held back), B waits, C arrives: B is superseded, C runs after A."""
+    slow = held_files.add("a.safetensors", bundle.checkpoints["jitter"].read_bytes(), held=True)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        first = pool.submit(model.refit, bundle.request(slow, key="11111111"))
+        assert held_files.requested.wait(30)
+        assert model.state().refitting == "11111111"
+        queued = pool.submit(model.refit, bundle.request("b", key="22222222"))
+        _until(lambda: model._gate._queued is not None)
+        newest = pool.submit(model.refit, bundle.request("a", key="33333333"))
+        superseded = queued.result(timeout=30)
+        assert superseded.outcome == Outcome.SUPERSEDED and "33333333" in superseded.message
+        assert not first.done(), "the running refit is never interrupted"
+        held_files.release()
+        assert first.result(timeout=60).outcome == Outcome.PASSED
+        assert newest.result(timeout=60).outcome == Outcome.PASSED
+    assert model.state().serves("33333333")
+    (out,) = model.infer([X])
+    assert close(out, eager(bundle.checkpoints["a"])(X))
+
+
+def _until(condition: Any, timeout: float = 30) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout * 100)):
+        if condition():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition never held")
+
+
+def test_inputs_that_do_not_fit_are_refused(model: ServingModel) -> None:
+    with pytest.raises(InputError, match="takes 1 input"):
+        model.infer([X, X])
+    with pytest.raises(InputError, match="dtype float64"):
+        model.infer([X.double()])
+    with pytest.raises(InputError, match="does not fit"):
+        model.infer([X[:, :2]])
+
+
+def test_not_ready_before_start_and_after_shutdown_begins(bundle: Bundle, tmp_path: Path) -> None:
+    serving = ServingModel("cnn", tmp_path)
+    assert not serving.ready and serving.state().checkpoint is None
+    with pytest.raises(NotReadyError):
+        serving.infer([X])
+    serving.start(bundle.request("a"))
+    serving.begin_shutdown()
+    assert not serving.ready and not serving.state().ready
+    assert serving.infer([X]), "requests still arriving while the server drains are answered"
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "says"),
+    [("zero-head", "the first refit did not pass (verification_failed)"), ("wrong-shape", "shape")],
+)
+def test_start_fails_with_one_line(bundle: Bundle, tmp_path: Path, checkpoint: str, says: str) -> None:
+    serving = ServingModel("cnn", tmp_path)
+    with pytest.raises(StartupError, match=r"^[^\n]*$") as failure:
+        serving.start(bundle.request(checkpoint))
+    assert says in str(failure.value)
+    assert not serving.ready
+
+
+def test_start_fails_on_an_engine_that_is_not_a_program(bundle: Bundle, tmp_path: Path) -> None:
+    bogus = tmp_path / "engine.ep"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(StartupError, match=r"not a torch\.export archive"):
+        ServingModel("cnn", tmp_path).start(bundle.request("a", engine={"uri": bogus.as_uri()}))
