@@ -3,9 +3,13 @@ and `AWS_ENDPOINT_URL` from the standard AWS environment variables) and `gs://` 
 fsspec only when such a URI is used).
 
 Downloads are streamed to a local folder with the sha256 computed on the way and compared with the
-pinned digest; transient failures (dropped connections, truncated bodies, 5xx) are retried with
-exponential backoff. Publishing writes a temporary key and then moves it to `<prefix>/<sha256>.ep`, so a
-reader never sees a half-written engine; the manifest `<sha256>.json` lands after the engine.
+pinned digest, and are bounded: an artifact larger than `max_bytes` (announced or streamed) is refused.
+Transient failures (refused or dropped connections, truncated bodies, 5xx, 429) are retried with
+exponential backoff; not found, access denied, a full disk and an oversized artifact are permanent.
+`fetch_all` fetches several artifacts at once and stops the others at the first failure (which
+failures are which: `failures`). Publishing writes a temporary key and then moves it to
+`<prefix>/<sha256>.ep`, so a reader never sees a half-written engine; the manifest `<sha256>.json`
+lands after the engine.
 """
 
 from __future__ import annotations
@@ -15,31 +19,41 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
-import time
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from trtrefit.api.result import PublishedEngine
 from trtrefit.worker.errors import WorkerError
+from trtrefit.worker.failures import CancelledError, Retry, TruncatedError, with_retries
+
+__all__ = [  # Retry and the errors are part of this module's interface (fetch's signature, its raises)
+    "DEFAULT_MAX_BYTES",
+    "CancelledError",
+    "Fetched",
+    "Retry",
+    "TruncatedError",
+    "Wanted",
+    "check_digest_format",
+    "fetch",
+    "fetch_all",
+    "hash_file",
+    "parse_byte_size",
+    "publish",
+]
 
 CHUNK_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_BYTES = 20 * 1024**3  # per artifact; the largest engines we know of are a few GiB
+_BINARY_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+_DECIMAL_UNITS = {"k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often and how patiently a transient failure is retried (delays double each time)."""
-
-    attempts: int = 4
-    first_delay_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,21 @@ class Fetched:
     size: int
 
 
-class TruncatedError(OSError):
-    """Fewer bytes arrived than the server announced: worth another try."""
+@dataclass(frozen=True)
+class Wanted:
+    """One artifact for `fetch_all`: its URI and, when pinned, its sha256."""
+
+    uri: str
+    sha256: str | None = None
+
+
+def parse_byte_size(option: str, text: str) -> int:
+    """A size flag (`--max-artifact-bytes`): bytes, or a Kubernetes quantity such as 20Gi or 500M."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?\s*", text)
+    if match is None or int(match.group(1)) <= 0:
+        raise WorkerError(f"{option} {text!r}: expected a positive size in bytes (e.g. 21474836480 or 20Gi)")
+    unit = match.group(2) or ""
+    return int(match.group(1)) * (_BINARY_UNITS.get(unit) or _DECIMAL_UNITS[unit])
 
 
 def check_digest_format(option: str, digest: str | None) -> str | None:
@@ -95,54 +122,6 @@ def is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: connection trouble, timeouts, truncated bodies, server-side 5xx/429."""
-    if isinstance(exc, _PERMANENT):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError, TruncatedError)):
-        return True
-    from fsspec.exceptions import FSTimeoutError
-
-    if isinstance(exc, FSTimeoutError):
-        return True
-    try:
-        import aiohttp  # http(s) and s3 only; a machine reading local files may lack it
-    except ImportError:
-        return isinstance(exc, OSError)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.status >= 500 or exc.status == 429
-    return isinstance(exc, (aiohttp.ClientError, OSError))
-
-
-def with_retries(uri: str, action: str, step: Callable[[], T], retry: Retry) -> T:
-    """Run `step`, retrying transient failures; permanent ones become one WorkerError line."""
-    delay = retry.first_delay_s
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            return step()
-        except WorkerError:
-            raise
-        except FileNotFoundError as exc:
-            raise WorkerError(f"{uri}: not found") from exc
-        except PermissionError as exc:
-            raise WorkerError(f"{uri}: access denied ({exc})") from exc
-        except Exception as exc:  # classified right below; anything permanent is re-raised as one line
-            if not is_transient(exc):
-                raise WorkerError(f"{uri}: {action} failed: {_describe(exc)}") from exc
-            if attempt == retry.attempts:
-                raise WorkerError(
-                    f"{uri}: {action} failed after {attempt} attempts: {_describe(exc)}"
-                ) from exc
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def hash_file(path: Path) -> tuple[str, int]:
     """(sha256 hex, size) of a local file, read in chunks."""
     digest = hashlib.sha256()
@@ -159,17 +138,28 @@ def _local_name(uri: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def _download(fs: Any, path: str, target: Path) -> tuple[str, int]:
+def _download(
+    fs: Any, path: str, target: Path, *, uri: str, max_bytes: int, cancel: threading.Event | None
+) -> tuple[str, int]:
     expected = _announced_size(fs, path)
+    if expected is not None and expected > max_bytes:
+        raise WorkerError(f"{uri}: announces {expected} bytes, over the {max_bytes}-byte limit per artifact")
     digest = hashlib.sha256()
     size = 0
     # block_size=0 asks HTTP for one streamed response instead of ranged block reads.
     options = {"block_size": 0} if fs.protocol in (("http", "https"), "http", "https") else {}
     with fs.open(path, "rb", **options) as remote, target.open("wb") as local:
-        while chunk := remote.read(CHUNK_BYTES):
+        # Never ask for more than one byte past the limit: an endless body stops right there.
+        while chunk := remote.read(min(CHUNK_BYTES, max_bytes + 1 - size)):
+            size += len(chunk)
+            if size > max_bytes:
+                raise WorkerError(
+                    f"{uri}: more than {max_bytes} bytes (the limit per artifact); stopped reading"
+                )
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"{uri}: download stopped: another artifact failed")
             digest.update(chunk)
             local.write(chunk)
-            size += len(chunk)
     if expected is not None and size != expected:
         raise TruncatedError(f"download truncated: got {size} of {expected} bytes")
     return digest.hexdigest(), size
@@ -180,27 +170,85 @@ def _announced_size(fs: Any, path: str) -> int | None:
     return int(size) if isinstance(size, int) else None
 
 
-def fetch(uri: str, workdir: Path, sha256: str | None = None, retry: Retry | None = None) -> Fetched:
+def fetch(
+    uri: str,
+    workdir: Path,
+    sha256: str | None = None,
+    retry: Retry | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    cancel: threading.Event | None = None,
+) -> Fetched:
     """Make `uri` available as a local file, checking the pinned sha256 when one is given.
 
     Local files are hashed in place (no copy); remote ones are streamed into a fresh folder under
-    `workdir`. A digest mismatch is permanent and never retried.
+    `workdir`, which is removed again when the fetch fails. A digest mismatch, an artifact over
+    `max_bytes` and a full disk are permanent and never retried; a set `cancel` stops the download.
     """
+    if max_bytes <= 0:
+        raise WorkerError(f"max_bytes {max_bytes}: the size limit per artifact must be positive")
     retry = retry or Retry()
     fs, path = filesystem(uri)
     if is_local(fs):
         local = Path(path)
         if not local.is_file():
             raise WorkerError(f"{uri}: not found" if not local.exists() else f"{uri}: not a file")
+        if local.stat().st_size > max_bytes:
+            raise WorkerError(
+                f"{uri}: {local.stat().st_size} bytes, over the {max_bytes}-byte limit per artifact"
+            )
         digest, size = hash_file(local)
     else:
-        local = Path(tempfile.mkdtemp(prefix="fetch-", dir=workdir)) / _local_name(uri)
-        digest, size = with_retries(uri, "download", lambda: _download(fs, path, local), retry)
+        folder = Path(tempfile.mkdtemp(prefix="fetch-", dir=workdir))
+        local = folder / _local_name(uri)
+        try:
+            digest, size = with_retries(
+                uri,
+                "download",
+                lambda: _download(fs, path, local, uri=uri, max_bytes=max_bytes, cancel=cancel),
+                retry,
+                cancel,
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a partial file must not hold the disk
+            raise
     if sha256 is not None and digest != sha256:
         if not is_local(fs):
-            local.unlink(missing_ok=True)
+            shutil.rmtree(local.parent, ignore_errors=True)
         raise WorkerError(f"{uri}: sha256 {digest} does not match the pinned {sha256}")
     return Fetched(uri=uri, path=local, sha256=digest, size=size)
+
+
+def fetch_all(
+    wanted: Mapping[str, Wanted],
+    workdir: Path,
+    retry: Retry | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> dict[str, Fetched]:
+    """Fetch several artifacts (by role) in parallel: downloads overlap and hashing, which releases the
+    GIL, runs on several cores. The first failure stops the others (their partial files are removed)
+    and is raised; the result keeps the order of `wanted`."""
+    if not wanted:
+        return {}
+    cancel = threading.Event()
+    first: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="fetch") as pool:
+        futures = {
+            pool.submit(
+                fetch, item.uri, workdir, item.sha256, retry, max_bytes=max_bytes, cancel=cancel
+            ): role
+            for role, item in wanted.items()
+        }
+        for future in as_completed(futures):
+            error = future.exception()
+            if error is not None and first is None:
+                first = error
+                cancel.set()
+    if first is not None:
+        raise first
+    done = {role: future.result() for future, role in futures.items()}
+    return {role: done[role] for role in wanted}
 
 
 def join_uri(prefix: str, name: str) -> str:
