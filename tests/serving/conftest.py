@@ -105,7 +105,8 @@ def eager(checkpoint: Path) -> Callable[[Any], Any]:
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(x)
+            result: torch.Tensor = model(x)
+        return result
 
     return run
 
