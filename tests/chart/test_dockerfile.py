@@ -72,10 +72,10 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
     assert "DL3007" in result.stdout and "DL3013" in result.stdout
 
 
-def test_targets_are_operator_and_worker_running_as_non_root() -> None:
+def test_targets_are_operator_worker_and_serving_running_as_non_root() -> None:
     stages = _stages()
-    assert {"operator", "worker"} <= set(stages)
-    for target in ("operator", "worker"):
+    assert {"operator", "worker", "serving"} <= set(stages)
+    for target in ("operator", "worker", "serving"):
         users = _values(stages[target], "USER")
         assert users, f"{target} sets no USER"
         uid = users[-1].split(":")[0]
@@ -192,9 +192,19 @@ def test_dockerignore_sends_only_what_the_dockerfile_copies() -> None:
         assert _ignored(path, patterns), path
 
 
-@pytest.mark.parametrize("target", ["operator", "worker"])
+@pytest.mark.parametrize("target", ["operator", "worker", "serving"])
 def test_image_entrypoint_is_the_trtrefit_command(target: str) -> None:
     stages = _stages()
     assert _values(stages["runtime"], "ENTRYPOINT") == ['["trtrefit"]']
     cmd = _values(stages[target], "CMD")[-1]
-    assert cmd.startswith('["operator"' if target == "operator" else '["refit"')
+    assert cmd.startswith({"operator": '["operator"', "worker": '["refit"', "serving": '["serve"'}[target])
+
+
+def test_serving_image_has_the_serve_extra_and_torch_tensorrt() -> None:
+    stages = _stages()
+    runs = " ".join(_values(stages["serving"], "RUN"))
+    assert "from=wheels-serving" in runs and "trtrefit[worker,serve,tensorrt,gcs]==${VERSION}" in runs
+    assert '".[worker,serve,tensorrt,gcs]"' in " ".join(_values(stages["wheels-serving"], "RUN"))
+    assert "8080" in _values(stages["serving"], "EXPOSE")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {dep.split("==")[0] for dep in extras["serve"]} == {"fastapi", "uvicorn"}
