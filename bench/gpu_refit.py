@@ -150,18 +150,24 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_fast(
     root: Path, checkpoint: Path, args: argparse.Namespace, tolerances: dict[str, float]
 ) -> dict[str, Any]:
+    from trtrefit.api.request import RefitRequest
     from trtrefit.worker.progress import Progress
-    from trtrefit.worker.refit import RefitRequest, run_refit
-    from trtrefit.worker.verify import Tolerances
+    from trtrefit.worker.refit import run_refit
 
-    request = RefitRequest(
-        engine=str(root / "engine.ep"),
-        source=str(root / "source.pt2"),
-        checkpoint=str(checkpoint),
-        inputs=str(root / "inputs.safetensors"),
-        publish=str(root / "refits"),
-        tolerances=Tolerances(**tolerances),
-        refit_path="fast",
+    request = RefitRequest.model_validate(
+        {
+            "engine": {"uri": (root / "engine.ep").as_uri()},
+            "source": {"uri": (root / "source.pt2").as_uri()},
+            "checkpoint": {"uri": checkpoint.as_uri()},
+            "verify": {
+                "inputs": {"uri": (root / "inputs.safetensors").as_uri()},
+                "rtol": tolerances["rtol"],
+                "atol": tolerances["atol"],
+                "minCosineSimilarity": tolerances["min_cosine_similarity"],
+            },
+            "publish": {"uri": (root / "refits").as_uri()},
+            "refitPath": "fast",
+        }
     )
 
     def once() -> dict[str, Any]:

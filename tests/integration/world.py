@@ -9,6 +9,7 @@ from kubernetes import client
 
 from fakekubelet import write_terminated
 from tests.kubehelpers import wait_for
+from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome, PublishedEngine, RefitResult, Verification, exit_code
 from trtrefit.api.trtmodel import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
@@ -178,8 +179,11 @@ def finish_pod(api: client.ApiClient, pod: client.V1Pod, message: str, code: int
 
 
 def publish_arg(pod: client.V1Pod) -> str:
+    """The publish prefix of the RefitRequest in the pod's `refit --request JSON` arguments."""
     args: list[str] = pod.spec.containers[0].args
-    return args[args.index("--publish") + 1]
+    request = RefitRequest.model_validate_json(args[args.index("--request") + 1])
+    assert request.publish is not None
+    return request.publish.uri
 
 
 def passed(pod: client.V1Pod, digest: str = "a" * 64) -> RefitResult:

@@ -70,7 +70,7 @@ def test_wrong_shape_is_an_error_naming_file_and_key(
     assert code == 1
     assert result.outcome is Outcome.ERROR
     assert result.message == (
-        f"checkpoint {bundle.wrong_shape}: key '8.weight' shape [9, 32] does not match engine [10, 32]"
+        f"checkpoint {bundle.wrong_shape.as_uri()}: key '8.weight' shape [9, 32] does not match engine [10, 32]"
     )
     assert f"[error] {result.message}" in err
     assert not (tmp_path / "out").exists()
@@ -211,7 +211,7 @@ def test_a_bare_state_dict_without_source_is_refused(
     del args[args.index("--source") : args.index("--source") + 2]
     code, result, _ = refit(capsys, *args)
     assert code == 1
-    assert result.message.startswith(f"checkpoint {bundle.good} is a bare state_dict: pass --source")
+    assert result.message.startswith(f"checkpoint {bundle.good.as_uri()} is a bare state_dict: pass --source")
 
 
 def test_bad_options_still_end_in_a_result(

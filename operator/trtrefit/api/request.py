@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 from trtrefit.api.jobspec import Device
 from trtrefit.api.spec import PinnedArtifact, PublishSpec, TRTModelSpec, VerifySpec
 
-REQUEST_API_VERSION = "trtrefit.dev/refit-request-v1"
+REQUEST_API_VERSION: Literal["trtrefit.dev/refit-request-v1"] = "trtrefit.dev/refit-request-v1"
 
 
 class RefitPolicy(StrEnum):
@@ -33,9 +33,7 @@ class RefitRequest(BaseModel):
     """What to refit, how to verify it and where the result goes. Unknown fields are refused: a request
     is a contract between the operator and pods that may run another version."""
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, alias_generator=to_camel)
 
     api_version: Literal["trtrefit.dev/refit-request-v1"] = Field(default=REQUEST_API_VERSION)
     key: str | None = Field(
@@ -48,7 +46,8 @@ class RefitRequest(BaseModel):
     checkpoint: PinnedArtifact
     verify: VerifySpec
     publish: PublishSpec | None = Field(
-        default=None, description="Where a refit Job publishes; a serving pod refits in memory and ignores it."
+        default=None,
+        description="Where a refit Job publishes; a serving pod refits in memory and ignores it.",
     )
     device: Device = Device.AUTO
     refit_path: RefitPolicy = RefitPolicy.AUTO

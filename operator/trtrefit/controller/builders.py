@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from trtrefit.api.jobspec import Device, RefitJobSpec
+from trtrefit.api.request import refit_request
 from trtrefit.api.spec import TRTModelSpec
 from trtrefit.api.status import Digest, ServingStatus
 from trtrefit.api.trtmodel import API_VERSION, KIND, TRTModel
@@ -35,27 +35,9 @@ Manifest = dict[str, Any]
 VERIFICATION_FAILED_EXIT_CODE = 2  # the worker's exit code when the outputs miss the tolerances
 
 
-def worker_args(spec: TRTModelSpec, device: Device) -> list[str]:
-    """`refit --engine ... --publish ...`: the worker's command line for this spec."""
-    args = ["refit", "--engine", spec.engine.uri]
-    if spec.engine.sha256:
-        args += ["--engine-sha256", spec.engine.sha256]
-    if spec.source:
-        args += ["--source", spec.source.uri]
-    args += ["--checkpoint", spec.checkpoint.uri]
-    if spec.checkpoint.sha256:
-        args += ["--checkpoint-sha256", spec.checkpoint.sha256]
-    verify = spec.verify
-    if verify.inputs:
-        args += ["--inputs", verify.inputs.uri]
-    if verify.generate:
-        items = [item.wire() for item in verify.generate]
-        args += ["--generate-inputs", json.dumps(items, separators=(",", ":"))]
-    if verify.seed is not None:
-        args += ["--seed", str(verify.seed)]
-    args += ["--rtol", repr(verify.rtol), "--atol", repr(verify.atol)]
-    args += ["--min-cosine-similarity", repr(verify.min_cosine_similarity)]
-    return [*args, "--publish", spec.publish.uri, "--device", device.value]
+def worker_args(spec: TRTModelSpec, key: str) -> list[str]:
+    """`refit --request <RefitRequest JSON>`: the worker's command line for this spec."""
+    return ["refit", "--request", refit_request(spec, key).wire()]
 
 
 def refit_labels(model: TRTModel, key: str) -> dict[str, str]:
@@ -95,13 +77,13 @@ def _resources(job: RefitJobSpec, gpu_resource: str) -> Manifest:
 SCRATCH_VOLUME = "scratch"  # the refit pod's /tmp: downloads and the refitted program before upload
 
 
-def _container(model: TRTModel, image: str, config: OperatorConfig) -> Manifest:
+def _container(model: TRTModel, key: str, image: str, config: OperatorConfig) -> Manifest:
     job = model.spec.refit_job
     container: Manifest = {
         "name": WORKER_CONTAINER,
         "image": image,
         "command": list(job.command or config.worker_command),
-        "args": worker_args(model.spec, job.device),
+        "args": worker_args(model.spec, key),
         "env": [env.wire() for env in job.env],
         "envFrom": [source.wire() for source in job.env_from],
         "resources": _resources(job, config.gpu_resource),
@@ -120,11 +102,11 @@ def _container(model: TRTModel, image: str, config: OperatorConfig) -> Manifest:
     return {key: value for key, value in container.items() if value not in ([], {})}
 
 
-def _pod_spec(model: TRTModel, image: str, config: OperatorConfig) -> Manifest:
+def _pod_spec(model: TRTModel, key: str, image: str, config: OperatorConfig) -> Manifest:
     job = model.spec.refit_job
     pod: Manifest = {
         "restartPolicy": "Never",
-        "containers": [_container(model, image, config)],
+        "containers": [_container(model, key, image, config)],
         # The worker never calls the Kubernetes API: no token in the pod, whichever ServiceAccount it runs as.
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -179,7 +161,7 @@ def build_refit_job(model: TRTModel, desired: DesiredRefit, image: str, config: 
             },
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},
-                "spec": _pod_spec(model, image, config),
+                "spec": _pod_spec(model, desired.key, image, config),
             },
         },
     }

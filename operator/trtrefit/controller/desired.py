@@ -20,6 +20,7 @@ class DesiredRefit:
     key: str
     checkpoint: Digest
     engine: Digest
+    publish: str | None = None  # where a refit Job publishes; not part of the key
 
 
 def desired_refit(spec: TRTModelSpec) -> DesiredRefit:
@@ -35,4 +36,5 @@ def desired_refit(spec: TRTModelSpec) -> DesiredRefit:
         key=hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH],
         checkpoint=Digest(uri=spec.checkpoint.uri, sha256=spec.checkpoint.sha256),
         engine=Digest(uri=spec.engine.uri, sha256=spec.engine.sha256),
+        publish=spec.publish.uri if spec.publish else None,
     )

@@ -3,6 +3,7 @@ status (which outlives the Job: finished Jobs are deleted after their TTL)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from trtrefit.api.status import Digest, LastRefit, RefitOutcome, VerificationSum
 from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.observe import JobState, JobView, PodProgress, PodReport
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
 TERMINAL = (RefitOutcome.PASSED, RefitOutcome.VERIFICATION_FAILED, RefitOutcome.FAILED)
 
 
@@ -57,10 +59,10 @@ def refit_record(
     finished = job.finished_at or (seen.report.finished_at if seen.report else None)
     seconds = (finished - job.started_at).total_seconds() if finished and job.started_at else None
     ended = base.model_copy(update={"finished_at": finished, "seconds": seconds, "message": ""})
-    return _with_result(ended, job, seen.report)
+    return _with_result(ended, job, seen.report, desired.publish)
 
 
-def _with_result(ended: LastRefit, job: JobView, report: PodReport | None) -> LastRefit:
+def _with_result(ended: LastRefit, job: JobView, report: PodReport | None, publish: str | None) -> LastRefit:
     result = report.result if report else None
     if result is None:
         detail = report.summary if report else "no pod result"
@@ -69,12 +71,35 @@ def _with_result(ended: LastRefit, job: JobView, report: PodReport | None) -> La
             why += f" ({job.reason}: {job.message})" if job.message else f" ({job.reason})"
         return ended.model_copy(update={"outcome": RefitOutcome.FAILED, "message": f"{why}; {detail}"})
     update = _from_result(result)
-    if job.state is JobState.SUCCEEDED and update["outcome"] is RefitOutcome.PASSED and result.engine is None:
-        update |= {
-            "outcome": RefitOutcome.FAILED,
-            "message": "the refit passed but its result names no engine",
-        }
+    if update["outcome"] is RefitOutcome.PASSED:
+        untrusted = unpublished_engine(result, publish)
+        if job.state is not JobState.SUCCEEDED:
+            untrusted = f"the Job {job.name} failed, yet its result says passed"
+        if untrusted:
+            update |= {
+                "outcome": RefitOutcome.FAILED,
+                "engine": None,
+                "message": f"result refused: {untrusted}",
+            }
     return ended.model_copy(update=update)
+
+
+def unpublished_engine(result: RefitResult, publish: str | None) -> str:
+    """Why a passed result's engine cannot be what the worker published under `publish`, or "" when it can:
+    it must lie directly under that prefix and be named by its 64-hex sha256 (`<prefix>/<sha256>.ep`)."""
+    engine = result.engine
+    if engine is None:
+        return "the refit passed but its result names no engine"
+    if not SHA256.fullmatch(engine.sha256):
+        return f"engine sha256 {engine.sha256[:80]!r} is not 64 lowercase hex digits"
+    if publish is None:
+        return "the spec names no publish.uri, so no published engine can be trusted"
+    expected = f"{publish.rstrip('/')}/{engine.sha256}.ep"
+    if engine.uri != expected:
+        return (
+            f"engine {engine.uri[:200]!r} is not {expected!r} (under spec.publish.uri, named by its digest)"
+        )
+    return ""
 
 
 def _from_result(result: RefitResult) -> dict[str, object]:
@@ -82,6 +107,7 @@ def _from_result(result: RefitResult) -> dict[str, object]:
         Outcome.PASSED: RefitOutcome.PASSED,
         Outcome.VERIFICATION_FAILED: RefitOutcome.VERIFICATION_FAILED,
         Outcome.ERROR: RefitOutcome.FAILED,
+        Outcome.SUPERSEDED: RefitOutcome.FAILED,  # a serving pod's answer, never a Job's
     }[result.outcome]
     verification = result.verification
     return {

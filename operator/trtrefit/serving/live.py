@@ -4,7 +4,7 @@ the process, refitted in place.
 The server drives a refit in this order (only `apply` and the verification run hold the lock inference
 takes; everything slow happens before it):
 
-    staged = live.stage(checkpoint.state)            # outside the lock: check names/shapes, plan, copy to device
+    staged = live.stage(checkpoint.state)            # outside the lock: check, plan, copy to the device
     previous = live.current()                        # the weights serving now, ready to be applied again
     with lock:
         live.apply(staged)                           # set + refit: milliseconds

@@ -4,18 +4,17 @@ imported here: the operator image has no torch, and `trtrefit crd` must stay fas
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome, RefitResult, exit_code
 from trtrefit.worker.errors import WorkerError
-
-if TYPE_CHECKING:
-    from trtrefit.worker.verify import Tolerances
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_ENV = "TRTREFIT_TERMINATION_LOG"
@@ -26,29 +25,35 @@ def add_refit_parser(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "refit",
         help="refit an engine with a new checkpoint, verify it against PyTorch, publish it",
-        description="fetch -> check -> refit -> verify -> publish. The last stdout line is the JSON "
-        "result; exit 0 passed, 1 error, 2 verification failed (nothing published unless 0).",
+        description="fetch -> check -> refit -> verify -> publish. Give the refit as one JSON request "
+        "(--request, what the operator's Job passes) or as the flags below, which build the same request. "
+        "The last stdout line is the JSON result; exit 0 passed, 1 error, 2 verification failed (nothing "
+        "published unless 0).",
     )
-    parser.add_argument("--engine", required=True, metavar="URI", help="refittable program (.ep)")
-    parser.add_argument("--engine-sha256", metavar="HEX", help="pinned digest of the engine")
-    parser.add_argument("--source", metavar="URI", help="torch.export program before compiling (.pt2)")
-    parser.add_argument("--checkpoint", required=True, metavar="URI", help=".safetensors, .pt2/.ep or .pt")
-    parser.add_argument("--checkpoint-sha256", metavar="HEX", help="pinned digest of the checkpoint")
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--inputs", metavar="URI", help="safetensors file with input_0, input_1, ...")
-    inputs.add_argument(
+    parser.add_argument(
+        "--request", metavar="JSON|@FILE", help="a RefitRequest (trtrefit.dev/refit-request-v1) as JSON"
+    )
+    flags = parser.add_argument_group("the request as flags (instead of --request)")
+    flags.add_argument("--engine", metavar="URI", help="refittable program (.ep)")
+    flags.add_argument("--engine-sha256", metavar="HEX", help="pinned digest of the engine")
+    flags.add_argument("--source", metavar="URI", help="torch.export program before compiling (.pt2)")
+    flags.add_argument("--source-sha256", metavar="HEX", help="pinned digest of the source program")
+    flags.add_argument("--checkpoint", metavar="URI", help=".safetensors, .pt2/.ep or .pt")
+    flags.add_argument("--checkpoint-sha256", metavar="HEX", help="pinned digest of the checkpoint")
+    flags.add_argument("--inputs", metavar="URI", help="safetensors file with input_0, input_1, ...")
+    flags.add_argument("--inputs-sha256", metavar="HEX", help="pinned digest of the inputs file")
+    flags.add_argument(
         "--generate-inputs", metavar="JSON", help='e.g. [{"shape": [8, 3, 224, 224], "dtype": "float32"}]'
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --generate-inputs (default 0)")
-    parser.add_argument("--rtol", type=float, required=True)
-    parser.add_argument("--atol", type=float, required=True)
-    parser.add_argument("--min-cosine-similarity", type=float, required=True)
-    parser.add_argument("--publish", required=True, metavar="URI", help="prefix for <sha256>.ep and .json")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument(
+    flags.add_argument("--seed", type=int, help="seed for --generate-inputs (default 0)")
+    flags.add_argument("--rtol", type=float, help="largest relative error of any output element")
+    flags.add_argument("--atol", type=float, help="largest absolute error of any output element")
+    flags.add_argument("--min-cosine-similarity", type=float, help="smallest cosine similarity, in [-1, 1]")
+    flags.add_argument("--publish", metavar="URI", help="prefix for <sha256>.ep and .json")
+    flags.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    flags.add_argument(
         "--refit-path",
         choices=("auto", "fast", "fallback"),
-        default="auto",
         help="TensorRT engines: fast path with fallback (auto), fast path or fail, or fallback only",
     )
     parser.add_argument(
@@ -111,37 +116,106 @@ def refit_command(args: argparse.Namespace) -> int:
 
 
 def _refit(args: argparse.Namespace, progress: Any) -> RefitResult:
-    from trtrefit.worker.inputs import parse_specs
-    from trtrefit.worker.refit import RefitRequest, run_refit
-    from trtrefit.worker.storage import check_digest_format
+    from trtrefit.worker.refit import run_refit
 
-    request = RefitRequest(
-        engine=args.engine,
-        checkpoint=args.checkpoint,
-        publish=args.publish,
-        tolerances=_tolerances(args.rtol, args.atol, args.min_cosine_similarity),
-        engine_sha256=check_digest_format("--engine-sha256", args.engine_sha256),
-        checkpoint_sha256=check_digest_format("--checkpoint-sha256", args.checkpoint_sha256),
-        source=args.source,
-        inputs=args.inputs,
-        generate_inputs=parse_specs(args.generate_inputs) if args.generate_inputs else None,
-        seed=args.seed,
-        device=args.device,
-        refit_path=args.refit_path,
-    )
+    request = request_from_args(args)
     with tempfile.TemporaryDirectory(prefix="trtrefit-") as workdir:
         result: RefitResult = run_refit(request, Path(workdir), progress)
     return result
 
 
-def _tolerances(rtol: float, atol: float, min_cos: float) -> Tolerances:
-    from trtrefit.worker.verify import Tolerances
+_REQUIRED_FLAGS = ("engine", "checkpoint", "rtol", "atol", "min_cosine_similarity", "publish")
+_REQUEST_FLAGS = (
+    *_REQUIRED_FLAGS,
+    *("engine_sha256", "source", "source_sha256", "checkpoint_sha256", "inputs", "inputs_sha256"),
+    *("generate_inputs", "seed", "device", "refit_path"),
+)
 
-    if not (rtol >= 0 and atol >= 0):
-        raise WorkerError(f"--rtol {rtol} / --atol {atol}: tolerances must be >= 0")
-    if not -1.0 <= min_cos <= 1.0:
-        raise WorkerError(f"--min-cosine-similarity {min_cos}: must lie in [-1, 1]")
-    return Tolerances(rtol=rtol, atol=atol, min_cosine_similarity=min_cos)
+
+def request_from_args(args: argparse.Namespace) -> RefitRequest:
+    """The RefitRequest of `--request`, or the one the flags describe; one clear line when incomplete."""
+    given = [name for name in _REQUEST_FLAGS if getattr(args, name) is not None]
+    if args.request is not None:
+        if given:
+            raise WorkerError(
+                f"--request: give the refit as a request or as flags, not both (also --{given[0]})"
+            )
+        return parse_request(read_text_argument(args.request, "--request"), "--request")
+    missing = [f"--{name.replace('_', '-')}" for name in _REQUIRED_FLAGS if getattr(args, name) is None]
+    if missing:
+        raise WorkerError(f"refit: missing {', '.join(missing)} (or give the whole refit as --request JSON)")
+    if (args.inputs is None) == (args.generate_inputs is None):
+        raise WorkerError("refit: give exactly one of --inputs and --generate-inputs")
+    verify: dict[str, Any] = {
+        "rtol": args.rtol,
+        "atol": args.atol,
+        "minCosineSimilarity": args.min_cosine_similarity,
+    }
+    if args.inputs is not None:
+        verify["inputs"] = _artifact(args.inputs, args.inputs_sha256, "--inputs-sha256")
+    else:
+        verify["generate"] = _json(args.generate_inputs, "--generate-inputs")
+    if args.seed is not None:
+        verify["seed"] = args.seed
+    body: dict[str, Any] = {
+        "engine": _artifact(args.engine, args.engine_sha256, "--engine-sha256"),
+        "checkpoint": _artifact(args.checkpoint, args.checkpoint_sha256, "--checkpoint-sha256"),
+        "verify": verify,
+        "publish": {"uri": as_uri(args.publish)},
+        "device": args.device or "auto",
+        "refitPath": args.refit_path or "auto",
+    }
+    if args.source is not None:
+        body["source"] = _artifact(args.source, args.source_sha256, "--source-sha256")
+    return parse_request(json.dumps(body), "refit flags")
+
+
+def _artifact(uri: str, digest: str | None, option: str) -> dict[str, str]:
+    from trtrefit.worker.storage import check_digest_format
+
+    pinned = check_digest_format(option, digest)
+    return {"uri": as_uri(uri), "sha256": pinned} if pinned else {"uri": as_uri(uri)}
+
+
+def as_uri(value: str) -> str:
+    """A flag's URI; a plain path on the command line means a local file."""
+    return value if "://" in value else Path(value).resolve().as_uri()
+
+
+def _json(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkerError(f"{option}: not JSON: {exc}") from exc
+
+
+def read_text_argument(value: str, option: str) -> str:
+    """An argument given inline or as @FILE."""
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text()
+    except OSError as exc:
+        raise WorkerError(f"{option} {value}: cannot read the file: {exc.strerror}") from exc
+
+
+def parse_request(text: str, label: str) -> RefitRequest:
+    """A RefitRequest from JSON, or one line naming the first field that is wrong."""
+    from pydantic import ValidationError
+
+    try:
+        return RefitRequest.model_validate_json(text)
+    except ValidationError as exc:
+        raise WorkerError(f"{label}: {validation_summary(exc)}") from exc
+
+
+def validation_summary(exc: Any) -> str:
+    """The first error of a pydantic ValidationError as `field.path: message` (and how many more)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "request"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
 
 
 def emit(result: RefitResult, termination_log: str) -> None:

@@ -3,17 +3,18 @@ from shapes and dtypes with a seed, so a refit Job and a laptop see the same num
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trtrefit.worker.errors import WorkerError
 
 if TYPE_CHECKING:
     import torch
+
+    from trtrefit.api.spec import GeneratedInput
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint8", "bool")
@@ -30,34 +31,17 @@ class InputSpec:
     high: int = 10
 
 
-def parse_specs(text: str, option: str = "--generate-inputs") -> list[InputSpec]:
-    """Parse `[{"shape": [8, 3, 224, 224], "dtype": "float32"}, ...]` with one clear error line."""
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkerError(f"{option}: not JSON: {exc}") from exc
-    if not isinstance(raw, list) or not raw:
-        raise WorkerError(f'{option}: expected a non-empty list like [{{"shape": [1, 3, 32, 32]}}]')
-    return [_parse_one(item, index, option) for index, item in enumerate(raw)]
-
-
-def _parse_one(item: Any, index: int, option: str) -> InputSpec:
-    where = f"{option}[{index}]"
-    if not isinstance(item, dict) or "shape" not in item:
-        raise WorkerError(f"{where}: expected an object with a 'shape'")
-    unknown = set(item) - {"shape", "dtype", "low", "high"}
-    if unknown:
-        raise WorkerError(f"{where}: unknown field(s) {sorted(unknown)}")
-    shape = item["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise WorkerError(f"{where}: shape must be a list of positive integers, got {shape!r}")
-    dtype = item.get("dtype", "float32")
-    if dtype not in FLOAT_DTYPES + INT_DTYPES:
-        raise WorkerError(f"{where}: dtype {dtype!r} is not one of {', '.join(FLOAT_DTYPES + INT_DTYPES)}")
-    low, high = item.get("low", 0), item.get("high", 2 if dtype == "bool" else 10)
-    if not (isinstance(low, int) and isinstance(high, int) and low < high):
-        raise WorkerError(f"{where}: need integers low < high, got low={low!r} high={high!r}")
-    return InputSpec(tuple(shape), dtype, low, high)
+def input_specs(items: Sequence[GeneratedInput]) -> list[InputSpec]:
+    """The generator's specs from a request's `verify.generate` (already validated by its model)."""
+    specs: list[InputSpec] = []
+    for item in items:
+        dtype = item.dtype.value
+        low = 0 if item.low is None else item.low
+        high = item.high if item.high is not None else (2 if dtype == "bool" else 10)
+        if low >= high:
+            raise WorkerError(f"verify.generate[{len(specs)}]: need low < high, got low={low} high={high}")
+        specs.append(InputSpec(tuple(item.shape), dtype, low, high))
+    return specs
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

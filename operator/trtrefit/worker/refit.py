@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtrefit import __version__
-from trtrefit.api.result import Outcome, RefitPath, RefitResult
+from trtrefit.api.request import RefitRequest
+from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.worker import programs
 from trtrefit.worker.backends import Backend, RefitJob, detect, open_backend
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
-from trtrefit.worker.inputs import InputSpec, generate, load_inputs
+from trtrefit.worker.inputs import generate, input_specs, load_inputs
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.storage import Fetched, fetch, publish
 from trtrefit.worker.verify import Report, Tolerances, verify
@@ -27,29 +28,14 @@ if TYPE_CHECKING:
     import torch
     from torch.export import ExportedProgram
 
-
-@dataclass(frozen=True)
-class RefitRequest:
-    """The `trtrefit refit` arguments, already parsed and validated for form."""
-
-    engine: str
-    checkpoint: str
-    publish: str
-    tolerances: Tolerances
-    engine_sha256: str | None = None
-    checkpoint_sha256: str | None = None
-    source: str | None = None
-    inputs: str | None = None
-    generate_inputs: list[InputSpec] | None = None
-    seed: int = 0
-    device: str = "auto"
-    refit_path: str = "auto"
+    from trtrefit.api.spec import PinnedArtifact
 
 
 @dataclass
 class _Trace:
     """What is known so far, so that a failure still reports backend, path, timings and versions."""
 
+    key: str | None = None
     backend: str | None = None
     path: RefitPath | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -58,7 +44,7 @@ class _Trace:
 
 def run_refit(request: RefitRequest, workdir: Path, progress: Progress) -> RefitResult:
     """Run the whole pipeline; bad input and failed steps become an `error` result, not an exception."""
-    trace = _Trace(versions={"trtrefit": __version__, "python": platform.python_version()})
+    trace = _Trace(key=request.key, versions={"trtrefit": __version__, "python": platform.python_version()})
     try:
         return _pipeline(request, workdir, progress, trace)
     except WorkerError as exc:
@@ -68,9 +54,12 @@ def run_refit(request: RefitRequest, workdir: Path, progress: Progress) -> Refit
 
 def _result(outcome: Outcome, message: str, trace: _Trace, progress: Progress, **extra: Any) -> RefitResult:
     timings = {**progress.timings, "total": progress.total()}
+    fetched = trace.artifacts.get("checkpoint")
     return RefitResult(
         outcome=outcome,
         message=message,
+        key=trace.key,
+        checkpoint=CheckpointDigest(uri=fetched.uri, sha256=fetched.sha256) if fetched else None,
         backend=trace.backend,
         path=trace.path,
         timings=timings,
@@ -80,19 +69,23 @@ def _result(outcome: Outcome, message: str, trace: _Trace, progress: Progress, *
 
 
 def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _Trace) -> RefitResult:
+    if request.publish is None:
+        raise WorkerError("publish: a refit Job publishes what it refits; the request names no publish.uri")
     with progress.stage("fetch"):
         _fetch_all(request, workdir, progress, trace)
     art = trace.artifacts
     with progress.stage("check"):
-        kind = detect(art["engine"].path, request.engine)
+        kind = detect(art["engine"].path, request.engine.uri)
         trace.backend = kind
-        device = resolve_device(request.device, kind)
+        device = resolve_device(request.device.value, kind)
         progress.say("check", f"engine: {kind} program; device: {device}")
-        backend = open_backend(kind, art["engine"].path, request.engine, device)
+        backend = open_backend(kind, art["engine"].path, request.engine.uri, device)
         trace.versions.update(backend.versions())
-        checkpoint = load_checkpoint(art["checkpoint"].path, request.checkpoint)
+        checkpoint = load_checkpoint(art["checkpoint"].path, request.checkpoint.uri)
         source = (
-            programs.load_program(art["source"].path, f"source {request.source}") if "source" in art else None
+            programs.load_program(art["source"].path, f"source {art['source'].uri}")
+            if "source" in art
+            else None
         )
         if _check(backend, checkpoint, source, request):
             progress.say(
@@ -106,12 +99,12 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         reference = _reference(checkpoint, source, request)
         inputs = _inputs(request, art.get("inputs"))
     with progress.stage("refit"):
-        job = RefitJob(checkpoint, reference, inputs, device, workdir, request.refit_path)
+        job = RefitJob(checkpoint, reference, inputs, device, workdir, request.refit_path.value)
         refitted = backend.refit(job, progress)
         trace.path = refitted.path
         progress.say("refit", f"refitted via the {refitted.path.value} path")
     with progress.stage("verify"):
-        report = _verify(backend, reference, inputs, device, request.tolerances)
+        report = _verify(backend, reference, inputs, device, tolerances(request))
         progress.say("verify", report.message)
     notes = " ".join(refitted.notes)
     if not report.verification.passed:
@@ -123,7 +116,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         refitted_file = workdir / "refitted.ep"
         backend.save(refitted_file)
         manifest = _manifest(request, trace, report, progress)
-        published = publish(refitted_file, request.publish, manifest)
+        published = publish(refitted_file, request.publish.uri, manifest)
         progress.say("publish", f"published {published.uri}")
     message = f"{report.message}; published {published.uri}" + (f" ({notes})" if notes else "")
     return _result(
@@ -132,13 +125,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
 
 
 def _fetch_all(request: RefitRequest, workdir: Path, progress: Progress, trace: _Trace) -> None:
-    requested: list[tuple[str, str | None, str | None]] = [
-        ("engine", request.engine, request.engine_sha256),
-        ("checkpoint", request.checkpoint, request.checkpoint_sha256),
-        ("source", request.source, None),
-        ("inputs", request.inputs, None),
-    ]
-    wanted = [(role, uri, digest) for role, uri, digest in requested if uri is not None]
+    wanted = [(role, artifact.uri, artifact.sha256) for role, artifact in artifacts(request).items()]
     # In parallel: downloads overlap, and hashing (which releases the GIL) runs on several cores.
     with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
         futures = [
@@ -149,6 +136,22 @@ def _fetch_all(request: RefitRequest, workdir: Path, progress: Progress, trace: 
             trace.artifacts[role] = fetched
             pinned = " (pinned digest matches)" if digest else ""
             progress.say("fetch", f"{role} {uri}: {fetched.size} bytes, sha256 {fetched.sha256[:12]}{pinned}")
+
+
+def artifacts(request: RefitRequest) -> dict[str, PinnedArtifact]:
+    """The files a refit reads, by role (engine, checkpoint, source, inputs)."""
+    found = {
+        "engine": request.engine,
+        "checkpoint": request.checkpoint,
+        "source": request.source,
+        "inputs": request.verify.inputs,
+    }
+    return {role: artifact for role, artifact in found.items() if artifact is not None}
+
+
+def tolerances(request: RefitRequest) -> Tolerances:
+    verify = request.verify
+    return Tolerances(rtol=verify.rtol, atol=verify.atol, min_cosine_similarity=verify.min_cosine_similarity)
 
 
 def resolve_device(requested: str, kind: str) -> str:
@@ -171,10 +174,10 @@ def _check(
     expected = backend.expected_weights(source)
     if expected is None:
         return False
-    check_compatible(expected, checkpoint.state, f"checkpoint {request.checkpoint}")
-    if source is not None:
+    check_compatible(expected, checkpoint.state, f"checkpoint {request.checkpoint.uri}")
+    if source is not None and request.source is not None:
         check_compatible(
-            expected, programs.weights_of(source), f"source {request.source} (against the engine)"
+            expected, programs.weights_of(source), f"source {request.source.uri} (against the engine)"
         )
     return True
 
@@ -189,17 +192,17 @@ def _reference(
     if checkpoint.program is not None:
         return checkpoint.program
     raise WorkerError(
-        f"checkpoint {request.checkpoint} is a bare state_dict: pass --source (the torch.export program "
+        f"checkpoint {request.checkpoint.uri} is a bare state_dict: pass --source (the torch.export program "
         "before compiling) so the refit can be verified against PyTorch"
     )
 
 
 def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor]:
     if fetched is not None:
-        return load_inputs(fetched.path, request.inputs or fetched.uri)
-    if request.generate_inputs:
-        return generate(request.generate_inputs, request.seed)
-    raise WorkerError("no verification inputs: pass --inputs URI or --generate-inputs JSON")
+        return load_inputs(fetched.path, fetched.uri)
+    if request.verify.generate:
+        return generate(input_specs(request.verify.generate), request.verify.seed or 0)
+    raise WorkerError("no verification inputs: set verify.inputs or verify.generate")
 
 
 def _verify(
@@ -263,16 +266,16 @@ def _manifest(request: RefitRequest, trace: _Trace, report: Report, progress: Pr
         "artifacts": artifacts,
         "verification": report.verification.model_dump(by_alias=True),
         "tolerances": {
-            "rtol": request.tolerances.rtol,
-            "atol": request.tolerances.atol,
-            "minCosineSimilarity": request.tolerances.min_cosine_similarity,
+            "rtol": request.verify.rtol,
+            "atol": request.verify.atol,
+            "minCosineSimilarity": request.verify.min_cosine_similarity,
         },
         "versions": trace.versions,
         "timings": dict(progress.timings),
     }
-    if request.generate_inputs:
+    if request.verify.generate:
         manifest["generatedInputs"] = {
-            "seed": request.seed,
-            "specs": [{"shape": list(s.shape), "dtype": s.dtype} for s in request.generate_inputs],
+            "seed": request.verify.seed or 0,
+            "specs": [item.wire() for item in request.verify.generate],
         }
     return manifest

@@ -18,6 +18,7 @@ from trtrefit.controller.naming import (
 T0 = "2026-01-02T03:00:00Z"
 T1 = "2026-01-02T03:00:42Z"
 ENGINE_SHA = "e" * 64
+PUBLISHED = f"s3://models/resnet50/refits/{ENGINE_SHA}.ep"  # what the worker publishes
 
 
 def job(
@@ -50,7 +51,7 @@ def job(
     }
 
 
-def passed(uri: str = "s3://models/resnet50/refits/abc.ep", *, max_abs: float = 1e-3) -> RefitResult:
+def passed(uri: str = PUBLISHED, *, max_abs: float = 1e-3) -> RefitResult:
     return RefitResult(
         outcome=Outcome.PASSED,
         message="refitted 161 weights",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.unit.api.samples import body
-from tests.unit.controller.objects import deployment, passed
+from tests.unit.controller.objects import PUBLISHED, deployment, passed
 from tests.unit.controller.scenarios import NOW
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.kube import ConflictError, Obj
@@ -151,7 +151,7 @@ def test_the_whole_flow_to_ready() -> None:
     cluster.serving["status"]["observedGeneration"] = cluster.serving["metadata"]["generation"]
     ready = run(cluster)
     assert ready.phase == "Ready" and [e.reason for e in ready.events] == ["RolloutComplete"]
-    assert cluster.model["status"]["serving"]["engine"]["uri"] == "s3://models/resnet50/refits/abc.ep"
+    assert cluster.model["status"]["serving"]["engine"]["uri"] == PUBLISHED
 
 
 def test_a_conflicting_deployment_patch_is_retried_soon() -> None:

@@ -9,7 +9,8 @@ import kubernetes_validate
 import pytest
 
 from tests.unit.api.samples import model
-from trtrefit.api.jobspec import Device
+from trtrefit.api.request import RefitRequest
+from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.builders import build_refit_job, worker_args, worker_image
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.desired import desired_refit
@@ -51,44 +52,55 @@ def test_the_job_is_a_valid_batch_v1_job() -> None:
     kubernetes_validate.validate(job_of(spec), "1.35.0", strict=True)
 
 
-def test_worker_arguments_follow_the_spec_exactly() -> None:
+def request_of(m: TRTModel) -> dict[str, Any]:
+    args = worker_args(m.spec, "0123abcd")
+    assert args[:2] == ["refit", "--request"] and len(args) == 3
+    RefitRequest.model_validate_json(args[2])  # the worker's own model accepts it
+    body: dict[str, Any] = json.loads(args[2])
+    return body
+
+
+def test_the_worker_gets_the_spec_as_one_request_exactly() -> None:
     m = model(
         {
             "engine": {"sha256": "a" * 64},
+            "source": {"sha256": "c" * 64},
             "checkpoint": {"sha256": "b" * 64},
             "verify": {"rtol": 0.02, "atol": 1e-05, "minCosineSimilarity": 0.99},
+            "refitJob": {"device": "cuda"},
         }
     )
-    assert worker_args(m.spec, Device.CUDA) == [
-        "refit",
-        "--engine", "s3://models/resnet50/engine.ep",
-        "--engine-sha256", "a" * 64,
-        "--source", "s3://models/resnet50/source.pt2",
-        "--checkpoint", "s3://ckpt/resnet50/step-1200.safetensors",
-        "--checkpoint-sha256", "b" * 64,
-        "--generate-inputs", '[{"shape":[8,3,224,224],"dtype":"float32"}]',
-        "--seed", "0",
-        "--rtol", "0.02",
-        "--atol", "1e-05",
-        "--min-cosine-similarity", "0.99",
-        "--publish", "s3://models/resnet50/refits/",
-        "--device", "cuda",
-    ]  # fmt: skip
+    assert request_of(m) == {
+        "apiVersion": "trtrefit.dev/refit-request-v1",
+        "key": "0123abcd",
+        "engine": {"uri": "s3://models/resnet50/engine.ep", "sha256": "a" * 64},
+        "source": {"uri": "s3://models/resnet50/source.pt2", "sha256": "c" * 64},
+        "checkpoint": {"uri": "s3://ckpt/resnet50/step-1200.safetensors", "sha256": "b" * 64},
+        "verify": {
+            "generate": [{"shape": [8, 3, 224, 224], "dtype": "float32"}],
+            "seed": 0,
+            "rtol": 0.02,
+            "atol": 1e-05,
+            "minCosineSimilarity": 0.99,
+        },
+        "publish": {"uri": "s3://models/resnet50/refits/"},
+        "device": "cuda",
+        "refitPath": "auto",
+    }
 
 
 def test_inputs_file_replaces_generated_inputs() -> None:
     m = model(
         {"verify": {"generate": None, "seed": None, "inputs": {"uri": "file:///data/inputs.safetensors"}}}
     )
-    args = worker_args(m.spec, Device.AUTO)
-    assert args[args.index("--inputs") + 1] == "file:///data/inputs.safetensors"
-    assert "--generate-inputs" not in args and "--seed" not in args
+    verify = request_of(m)["verify"]
+    assert verify["inputs"] == {"uri": "file:///data/inputs.safetensors"}
+    assert "generate" not in verify and "seed" not in verify
 
 
-def test_generated_inputs_are_json_the_worker_parses() -> None:
+def test_generated_inputs_keep_their_value_range() -> None:
     m = model({"verify": {"generate": [{"shape": [1, 16], "dtype": "int64", "low": 0, "high": 100}]}})
-    args = worker_args(m.spec, Device.AUTO)
-    assert json.loads(args[args.index("--generate-inputs") + 1]) == [
+    assert request_of(m)["verify"]["generate"] == [
         {"shape": [1, 16], "dtype": "int64", "low": 0, "high": 100}
     ]
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.unit.controller.objects import deployment, failed_verification, job, passed, pod
+from tests.unit.controller.objects import PUBLISHED, deployment, failed_verification, job, passed, pod
 from tests.unit.controller.scenarios import NOW, World, key_of, world
 from trtrefit.api.status import (
     ConditionStatus,
@@ -104,7 +104,7 @@ def test_last_refit_has_timings_engine_and_numbers() -> None:
     record = status.last_refit
     assert record is not None
     assert (record.key, record.job, record.outcome, record.seconds) == (KEY, JOB, RefitOutcome.PASSED, 42.0)
-    assert record.engine is not None and record.engine.uri == "s3://models/resnet50/refits/abc.ep"
+    assert record.engine is not None and record.engine.uri == PUBLISHED
     assert record.verification is not None and record.verification.max_abs_error == 1e-3
     assert (record.backend, record.path) == ("exported", "exported")
 
@@ -148,7 +148,7 @@ def test_rollout_progress_then_completion_updates_serving_and_history() -> None:
         passed_status.serving is not None
         and passed_status.serving.engine.uri == "s3://models/resnet50/engine.ep"
     )
-    published = "s3://models/resnet50/refits/abc.ep"
+    published = PUBLISHED
     rolling = _again(
         world(), passed_status, deployment=deployment(key=KEY, engine=published, updated=1)
     ).status()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.unit.controller.objects import deployment, failed_verification, job, passed, pod
+from tests.unit.controller.objects import PUBLISHED, deployment, failed_verification, job, passed, pod
 from tests.unit.controller.scenarios import NOW, key_of, world
 from trtrefit.api.status import (
     Digest,
@@ -19,7 +19,6 @@ from trtrefit.controller.plan import CreateJob, DeleteJob, Revert, RollOut
 KEY = key_of()
 JOB = f"resnet50-refit-{KEY[:10]}"
 OLD = "0" * 32
-PUBLISHED = "s3://models/resnet50/refits/abc.ep"
 
 
 def finished_job() -> list[dict[str, object]]:

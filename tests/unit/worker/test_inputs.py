@@ -2,38 +2,58 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from trtrefit.api.request import RefitRequest
+from trtrefit.cli import build_parser
+from trtrefit.worker.commands import request_from_args
 from trtrefit.worker.errors import WorkerError
-from trtrefit.worker.inputs import InputSpec, generate, load_inputs, parse_shape, parse_specs, save_inputs
+from trtrefit.worker.inputs import InputSpec, generate, input_specs, load_inputs, parse_shape, save_inputs
+
+REFIT_FLAGS = [
+    *["refit", "--engine", "file:///e.ep", "--checkpoint", "file:///c.pt2", "--publish", "file:///p/"],
+    *["--rtol", "0.01", "--atol", "0.01", "--min-cosine-similarity", "0.999"],
+]
 
 
-def test_parse_specs() -> None:
-    specs = parse_specs(
+def request_with(generate: str) -> RefitRequest:
+    return request_from_args(build_parser().parse_args([*REFIT_FLAGS, "--generate-inputs", generate]))
+
+
+def test_generated_input_specs_come_from_the_request() -> None:
+    request = request_with(
         '[{"shape": [8, 3, 224, 224], "dtype": "float32"}, {"shape": [8, 16], "dtype": "int64", "high": 30}]'
     )
+    assert request.verify.generate is not None
+    specs = input_specs(request.verify.generate)
     assert specs == [InputSpec((8, 3, 224, 224), "float32"), InputSpec((8, 16), "int64", 0, 30)]
 
 
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("not json", "not JSON"),
-        ("[]", "non-empty list"),
-        ('[{"dtype": "float32"}]', r"\[0\]: expected an object with a 'shape'"),
-        ('[{"shape": [1, 0]}]', "positive integers"),
-        ('[{"shape": [1], "dtype": "complex64"}]', "dtype 'complex64' is not one of"),
-        ('[{"shape": [1], "typo": 1}]', "unknown field"),
-        ('[{"shape": [1], "dtype": "int64", "low": 5, "high": 5}]', "low < high"),
+        ("not json", "--generate-inputs: not JSON"),
+        ("[]", "verify.generate: List should have at least 1 item"),
+        ('[{"dtype": "float32"}]', "verify.generate.0.shape: Field required"),
+        ('[{"shape": [1, 0]}]', "verify.generate.0.shape.1: Input should be greater than or equal to 1"),
+        ('[{"shape": [1], "dtype": "complex64"}]', "verify.generate.0.dtype: Input should be"),
     ],
 )
-def test_bad_specs_name_the_option(text: str, error: str) -> None:
-    with pytest.raises(WorkerError, match=f"^--generate-inputs.*{error}"):
-        parse_specs(text)
+def test_bad_generated_inputs_name_the_field(text: str, error: str) -> None:
+    with pytest.raises(WorkerError, match=re.escape(error)):
+        request_with(text)
+
+
+def test_an_empty_value_range_names_the_input() -> None:
+    request = request_with('[{"shape": [1], "dtype": "int64", "low": 5, "high": 5}]')
+    assert request.verify.generate is not None
+    with pytest.raises(WorkerError, match=r"verify.generate\[0\]: need low < high"):
+        input_specs(request.verify.generate)
 
 
 def test_generation_is_deterministic_per_seed() -> None:
