@@ -145,7 +145,7 @@ def test_kubectl_get_columns_and_short_name(
     )
     table = json.loads(response.data)
     columns = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 0]
-    assert columns == ["Name", "Phase", "Checkpoint", "Ready", "Age"]
+    assert columns == ["Name", "Phase", "Checkpoint", "Ready", "Current", "Age"]
     (row,) = table["rows"]
     assert row["cells"][2] == "s3://ckpt/tiny/step-1.safetensors"
     resources = client.CustomObjectsApi(kube_api).get_api_resources(GROUP, VERSION)

@@ -29,7 +29,14 @@ from trtrefit.api.status import (
     TRTModelStatus,
 )
 from trtrefit.controller.inplace_events import in_place_action_events, in_place_status_events
-from trtrefit.controller.inplace_plan import Canary, Decision, InPlaceObserved, Stage, UpdateConfig
+from trtrefit.controller.inplace_plan import (
+    Canary,
+    Decision,
+    InPlaceAction,
+    InPlaceObserved,
+    Stage,
+    UpdateConfig,
+)
 from trtrefit.controller.inplace_status import canary_record, compute_in_place_status, current_record
 from trtrefit.controller.serving_pods import Answer, RefitAnswer
 
@@ -159,7 +166,7 @@ def test_paused_is_not_reconciling() -> None:
 
 
 def test_events_say_what_the_pass_did_and_what_changed() -> None:
-    actions = [Canary(pod("a", state(OLD)).pod), UpdateConfig()]
+    actions: list[InPlaceAction] = [Canary(pod("a", state(OLD)).pod), UpdateConfig()]
     events = in_place_action_events(actions, "resnet50", M.spec, replicas=3)
     assert [e.reason for e in events] == ["RefitStarted", "RolloutStarted"]
     assert "canary pod a" in events[0].message and "resnet50-trtrefit" in events[1].message
