@@ -24,7 +24,7 @@ class ServingMetrics:
         self._model = model
         self.requests = Counter(
             "trtrefit_serve_requests",
-            "Inference requests answered, by outcome (ok, client_error, not_ready, server_error).",
+            "Inference requests answered, by outcome (ok, client_error, not_ready).",
             ["model", "outcome"],
             registry=self.registry,
         )

@@ -4,7 +4,7 @@ Kubernetes-friendly termination.
 On SIGTERM the server reports not ready at once (/v2/health/ready 503) but keeps answering for
 `drain_seconds`, the time the endpoints controller needs to stop routing here; then uvicorn stops
 accepting, finishes the requests in flight (up to `grace_seconds`) and the process exits 0. A second
-SIGTERM or SIGINT stops at once.
+signal ends the drain early (uvicorn's own handling: a second SIGINT stops at once).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class _Server(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining:  # a second signal: stop now (uvicorn re-raises it when done)
+        if self._draining:  # a second signal: uvicorn's handling (stop now; it re-raises it when done)
             super().handle_exit(sig, frame)
             return
         self._draining = True
