@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from pydantic import BaseModel
 
 from localcluster import free_port
 from tests.unit.controller.inplace_world import OLD, desired_of, in_place_model, result, state
@@ -81,8 +82,8 @@ def pods() -> Iterator[Callable[[Reply], tuple[PodView, StandIn]]]:
         server.server_close()
 
 
-def _json(model: object) -> bytes:
-    return model.model_dump_json(by_alias=True).encode()  # type: ignore[attr-defined]
+def _json(model: BaseModel) -> bytes:
+    return model.model_dump_json(by_alias=True).encode()
 
 
 def test_states_are_read_in_parallel_from_each_pod_ip(
