@@ -256,3 +256,17 @@ def test_a_program_with_dynamic_shapes_and_guards_passes(tmp_path: Path) -> None
     assert document["guards_code"], "the program should carry guards for this test to mean anything"
     loaded = load_program(tmp_path / "r.pt2", "r")
     assert loaded.module()(torch.randn(6, 3)).shape == (3, 3)
+
+
+def test_a_pickled_state_dict_checkpoint_runs_nothing(tmp_path: Path) -> None:
+    """`.pt` checkpoints go through torch.load(weights_only=True) only."""
+    from trtrefit.worker.formats import load_checkpoint
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "step-9.pt"
+    path.write_bytes(poisoned.pickled({"fc.weight": poisoned.Payload(marker)}))
+    with pytest.raises(
+        WorkerError, match=r"^checkpoint s3://b/step-9\.pt: not loadable with torch\.load\(weights_only"
+    ):
+        load_checkpoint(path, "s3://b/step-9.pt")
+    assert not marker.exists()
