@@ -144,7 +144,9 @@ def reconcile_in_place(
         name=run.name,
         now=clock(),
     )
-    events = in_place_action_events(run.done, run.name, model.spec, observed.replicas)
+    events = in_place_action_events(
+        run.done, run.answers, name=run.name, spec=model.spec, replicas=observed.replicas
+    )
     transitions, finished = in_place_status_events(model.status, status, model.spec, observed)
     retry_after, reason = _retry(decision, observed, paused)
     return InPlacePass(status, events + transitions, finished, retry_after, reason)

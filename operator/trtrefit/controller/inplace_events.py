@@ -20,18 +20,27 @@ from trtrefit.controller.events import (
 from trtrefit.controller.inplace_plan import Canary, InPlaceAction, InPlaceObserved, Stage, UpdateConfig
 from trtrefit.controller.messages import numbers
 from trtrefit.controller.naming import desired_config_map_name
+from trtrefit.controller.serving_pods import Answer, RefitAnswer
 
 # Stalled reasons that no refit or rollout Event already explains.
 _STALLED_ALONE = (Stage.NO_DEPLOYMENT, Stage.NO_TOKEN, Stage.UNAUTHORIZED)
 
 
 def in_place_action_events(
-    actions: Sequence[InPlaceAction], name: str, spec: TRTModelSpec, replicas: int
+    actions: Sequence[InPlaceAction],
+    answers: Sequence[RefitAnswer],
+    *,
+    name: str,
+    spec: TRTModelSpec,
+    replicas: int,
 ) -> list[Event]:
-    """What the pass did: the canary's request sent, the ConfigMap moved on after the canary passed."""
+    """What the pass did: a canary's refit (one that answered with a verdict: a request that got no answer or
+    a 401 is retried by later passes, and status says why, not an Event each time), the ConfigMap moved on
+    after the canary passed."""
     events = []
     checkpoint, deployment = spec.checkpoint.uri, spec.serving.deployment_name
-    canary = next((a.pod.name for a in actions if isinstance(a, Canary)), None)
+    verdicts = {a.pod for a in answers if a.answer in (Answer.PASSED, Answer.FAILED)}
+    canary = next((a.pod.name for a in actions if isinstance(a, Canary) and a.pod.name in verdicts), None)
     if canary is not None:
         events.append(
             Event(

@@ -167,8 +167,11 @@ def test_paused_is_not_reconciling() -> None:
 
 def test_events_say_what_the_pass_did_and_what_changed() -> None:
     actions: list[InPlaceAction] = [Canary(pod("a", state(OLD)).pod), UpdateConfig()]
-    events = in_place_action_events(actions, "resnet50", M.spec, replicas=3)
+    answers = [RefitAnswer("a", Answer.PASSED, result(KEY), 0.2)]
+    events = in_place_action_events(actions, answers, name="resnet50", spec=M.spec, replicas=3)
     assert [e.reason for e in events] == ["RefitStarted", "RolloutStarted"]
+    unanswered = [RefitAnswer("a", Answer.UNKNOWN, None, 2.0, "ReadTimeoutError")]
+    assert in_place_action_events(actions[:1], unanswered, name="resnet50", spec=M.spec, replicas=3) == []
     assert "canary pod a" in events[0].message and "resnet50-trtrefit" in events[1].message
 
     before = TRTModelStatus(serving=OLD_SERVING)
