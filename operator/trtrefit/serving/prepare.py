@@ -17,7 +17,7 @@ from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest
 from trtrefit.worker import programs
 from trtrefit.worker.errors import WorkerError
-from trtrefit.worker.formats import check_compatible, load_checkpoint
+from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
 from trtrefit.worker.inputs import generate, input_specs, load_inputs
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.refit import exact_fp32
@@ -25,8 +25,8 @@ from trtrefit.worker.storage import Fetched, Retry, fetch
 
 if TYPE_CHECKING:
     import torch
-    from torch.export import ExportedProgram
 
+    from trtrefit.serving.exported import ExportedLive
     from trtrefit.serving.live import LiveProgram, Staged
 
 # A serving pod answers a caller who waits: fail an unreachable URI within seconds, not a minute.
@@ -45,7 +45,7 @@ class Prepared:
 def prepare(
     request: RefitRequest,
     live: LiveProgram,
-    reference_source: ExportedProgram | None,
+    reference: ExportedLive | None,
     workdir: Path,
     progress: Progress,
 ) -> Prepared:
@@ -64,8 +64,7 @@ def prepare(
         with progress.stage("stage"):
             staged = live.stage(checkpoint.state)
         with progress.stage("reference"):
-            reference = _reference_program(reference_source, checkpoint.state, checkpoint.program, request)
-            expected = run_reference(reference, inputs, live.device)
+            expected = _expected_outputs(reference, checkpoint, inputs, request, live.device)
     except WorkerError as exc:
         raise PrepareError(exc.message, digest) from exc
     return Prepared(digest, staged, inputs, expected)
@@ -109,30 +108,28 @@ def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor
     return generate(input_specs(generated), seed)
 
 
-def _reference_program(
-    source: ExportedProgram | None,
-    state: Mapping[str, torch.Tensor],
-    checkpoint_program: ExportedProgram | None,
+def _expected_outputs(
+    reference: ExportedLive | None,
+    checkpoint: Checkpoint,
+    inputs: list[torch.Tensor],
     request: RefitRequest,
-) -> ExportedProgram:
-    """The PyTorch program carrying the new weights: the server's own copy of the source program (used
-    for nothing else, and refits run one at a time), else the checkpoint's own program."""
-    if source is not None:
-        programs.swap_weights(source, state)
-        return source
-    if checkpoint_program is not None:
-        return checkpoint_program
-    raise WorkerError(
-        f"checkpoint {request.checkpoint.uri} is a bare state_dict and the request names no source: "
-        "nothing to verify it against (set source, the torch.export program before compiling)"
-    )
-
-
-def run_reference(program: ExportedProgram, inputs: list[torch.Tensor], device: str) -> list[torch.Tensor]:
+    device: str,
+) -> list[torch.Tensor]:
+    """The new weights run in PyTorch, IEEE fp32: in the server's own copy of the source program (used for
+    nothing else, and refits run one at a time), else in the checkpoint's own program."""
     try:
         with exact_fp32(device):
-            return programs.run(programs.to_device(program, device), [t.to(device) for t in inputs])
+            if reference is not None:
+                reference.apply(reference.stage(checkpoint.state))
+                return reference.infer(inputs)
+            if checkpoint.program is not None:
+                program = programs.to_device(checkpoint.program, device)
+                return programs.run(program, [t.to(device) for t in inputs])
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
         shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerError(f"the reference program does not run on the inputs ({shapes}): {first}") from exc
+    raise WorkerError(
+        f"checkpoint {request.checkpoint.uri} is a bare state_dict and the request names no source: "
+        "nothing to verify it against (set source, the torch.export program before compiling)"
+    )

@@ -23,6 +23,7 @@ from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.api.serving import ServedCheckpoint, ServingState
 from trtrefit.serving.backends import open_live, resolve_device
+from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.metrics import ServingMetrics
 from trtrefit.serving.prepare import FETCH_RETRY, Prepared, PrepareError, prepare
@@ -37,7 +38,6 @@ from trtrefit.worker.verify import Tolerances, verify
 
 if TYPE_CHECKING:
     import torch
-    from torch.export import ExportedProgram
 
     from trtrefit.serving.live import LiveProgram
 
@@ -72,7 +72,7 @@ class _Loaded:
     source: CheckpointDigest | None
     kind: str
     live: LiveProgram
-    reference: ExportedProgram | None
+    reference: ExportedLive | None  # the source program, kept on the device; refits rebind its weights
 
 
 class ServingModel:
@@ -117,11 +117,13 @@ class ServingModel:
         if source is not None:
             label = f"source {request.source.uri if request.source else ''}"
             source_program = programs.load_program(source.path, label)
-            reference = programs.load_program(source.path, label)  # our own copy: refits swap its weights
+            # A second copy of the source program as the verification reference, on the device and unlifted
+            # once: a refit only rebinds its weights (no per-refit copy or re-unlifting of the program).
+            reference = ExportedLive(source.path, label, None, device)
         live = open_live(kind, engine.path, request.engine.uri, source_program, device)
-        if reference is not None:
+        if source_program is not None:
             check_compatible(
-                live.expected_weights(), programs.weights_of(reference), "source (against the engine)"
+                live.expected_weights(), programs.weights_of(source_program), "source (against the engine)"
             )
         self._versions["torch"] = torch.__version__
         return _Loaded(
