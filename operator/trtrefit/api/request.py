@@ -50,6 +50,9 @@ class RefitRequest(BaseModel):
         description="Where a refit Job publishes; a serving pod refits in memory and ignores it.",
     )
     device: Device = Device.AUTO
+    max_artifact_bytes: int | None = Field(
+        default=None, ge=1, description="Largest file the refit downloads; the worker's default when unset."
+    )
     refit_path: RefitPolicy = RefitPolicy.AUTO
 
     @model_validator(mode="after")

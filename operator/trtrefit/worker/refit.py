@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import platform
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
 from trtrefit.worker.inputs import generate, input_specs, load_inputs
 from trtrefit.worker.progress import Progress
-from trtrefit.worker.storage import Fetched, fetch, publish
+from trtrefit.worker.storage import DEFAULT_MAX_BYTES, Fetched, Wanted, fetch_all, publish
 from trtrefit.worker.verify import Report, Tolerances, verify
 
 if TYPE_CHECKING:
@@ -125,17 +124,17 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
 
 
 def _fetch_all(request: RefitRequest, workdir: Path, progress: Progress, trace: _Trace) -> None:
-    wanted = [(role, artifact.uri, artifact.sha256) for role, artifact in artifacts(request).items()]
-    # In parallel: downloads overlap, and hashing (which releases the GIL) runs on several cores.
-    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
-        futures = [
-            (role, uri, digest, pool.submit(fetch, uri, workdir, digest)) for role, uri, digest in wanted
-        ]
-        for role, uri, digest, future in futures:
-            fetched = future.result()
-            trace.artifacts[role] = fetched
-            pinned = " (pinned digest matches)" if digest else ""
-            progress.say("fetch", f"{role} {uri}: {fetched.size} bytes, sha256 {fetched.sha256[:12]}{pinned}")
+    """Every artifact in parallel, each bounded and checked against its pin; the first failure stops the
+    other downloads."""
+    wanted = {role: Wanted(a.uri, a.sha256) for role, a in artifacts(request).items()}
+    trace.artifacts.update(
+        fetch_all(wanted, workdir, max_bytes=request.max_artifact_bytes or DEFAULT_MAX_BYTES)
+    )
+    for role, fetched in trace.artifacts.items():
+        pinned = " (pinned digest matches)" if wanted[role].sha256 else ""
+        progress.say(
+            "fetch", f"{role} {fetched.uri}: {fetched.size} bytes, sha256 {fetched.sha256[:12]}{pinned}"
+        )
 
 
 def artifacts(request: RefitRequest) -> dict[str, PinnedArtifact]:
