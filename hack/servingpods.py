@@ -222,6 +222,7 @@ class ServingPod:
         self.pod, self.ips, self.bin_dir = pod, ips, bin_dir
         self.log = log_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._unwritten: ContainerState | None = None  # a status whose write failed, tried again each tick
         self._deleted = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"pod-{pod.metadata.name}")
 
@@ -271,6 +272,8 @@ class ServingPod:
                 if ready != state.ready:
                     state.ready, state.ready_since = ready, _now()
                     self._write(state)
+            if self._unwritten is not None:
+                self._write(self._unwritten)
             self._deleted.wait(TICK_S)
 
     def _start_container(self, state: ContainerState, container: Any, home: Path) -> bool:
@@ -324,8 +327,16 @@ class ServingPod:
         proc.wait()
 
     def _write(self, state: ContainerState) -> None:
+        """Patch the pod's status; a transient API error leaves it to the loop to write again."""
+        self._unwritten = state
         if self._deleted.is_set():
             return
-        self.core.patch_namespaced_pod_status(
-            self.pod.metadata.name, self.pod.metadata.namespace, {"status": state.status()}
-        )
+        try:
+            self.core.patch_namespaced_pod_status(
+                self.pod.metadata.name, self.pod.metadata.namespace, {"status": state.status()}
+            )
+        except ApiException as exc:
+            if exc.status not in (409, 429, 500, 503, 504):
+                raise
+            return
+        self._unwritten = None
