@@ -223,3 +223,21 @@ def test_start_fails_on_an_engine_that_is_not_a_program(bundle: Bundle, tmp_path
     bogus.write_bytes(b"not a zip")
     with pytest.raises(StartupError, match=r"not a torch\.export archive"):
         ServingModel("cnn", tmp_path).start(bundle.request("a", engine={"uri": bogus.as_uri()}))
+
+
+def test_a_refit_during_start_up_waits_and_lands_after_it(
+    bundle: Bundle, tmp_path: Path, held_files: HeldFiles
+) -> None:
+    """The start-up refit holds the gate: a newer request is applied after it, never before."""
+    serving = ServingModel("cnn", tmp_path)
+    slow = held_files.add("a.safetensors", bundle.checkpoints["a"].read_bytes(), held=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        started = pool.submit(serving.start, bundle.request(slow, key="aaaa0000"))
+        assert held_files.requested.wait(60)
+        newer = pool.submit(serving.refit, bundle.request("b", key="bbbb0000"))
+        _until(lambda: serving._gate._queued is not None)
+        assert not serving.ready
+        held_files.release()
+        assert started.result(timeout=60).outcome == Outcome.PASSED
+        assert newer.result(timeout=60).outcome == Outcome.PASSED
+    assert serving.state().serves("bbbb0000")

@@ -93,12 +93,18 @@ class ServingModel:
     # ---- start-up -----------------------------------------------------------------------------------
     def start(self, request: RefitRequest) -> RefitResult:
         """Load the engine (and source) the request names, refit it to the request's checkpoint and
-        verify; raises StartupError with one line when anything fails. Ready only after this returns."""
-        try:
-            self._loaded = self._load(request)
-        except WorkerError as exc:
-            raise StartupError(redact_text(exc.message, _uris(request))) from exc
-        result = self.refit(request)
+        verify; raises StartupError with one line when anything fails. Ready only after this returns.
+
+        It holds the refit gate throughout, so a refit request arriving meanwhile waits for it (and is then
+        applied after the start-up checkpoint, being the newer of the two)."""
+        progress = Progress()
+        with self._gate.turn(_label(request)):
+            try:
+                self._loaded = self._load(request)
+            except WorkerError as exc:
+                raise StartupError(redact_text(exc.message, _uris(request))) from exc
+            result = self._refit(request, progress)
+        self._record(result)
         if result.outcome != Outcome.PASSED:
             raise StartupError(f"the first refit did not pass ({result.outcome.value}): {result.message}")
         return result
@@ -138,17 +144,20 @@ class ServingModel:
     def refit(self, request: RefitRequest) -> RefitResult:
         """One refit, blocking; thread-safe. Never raises for bad input: the result says what happened."""
         progress = Progress()
-        label = request.key or request.checkpoint.uri
         try:
-            with self._gate.turn(label):
+            with self._gate.turn(_label(request)):
                 result = self._refit(request, progress)
         except SupersededError as exc:
             result = self._result(
                 request, Outcome.SUPERSEDED, f"superseded by a newer refit request ({exc.newer})", progress
             )
-        self._last = result if result.outcome != Outcome.SUPERSEDED else self._last
-        self.metrics.refit(result.outcome.value, result.timings)
+        self._record(result)
         return result
+
+    def _record(self, result: RefitResult) -> None:
+        if result.outcome != Outcome.SUPERSEDED:  # a dropped request changed nothing: not the last refit
+            self._last = result
+        self.metrics.refit(result.outcome.value, result.timings)
 
     def _refit(self, request: RefitRequest, progress: Progress) -> RefitResult:
         loaded = self._loaded
@@ -349,6 +358,11 @@ def _different_program(request: RefitRequest, loaded: _Loaded) -> str | None:
                 f"loaded ({redact_uri(have.uri) if have else 'none'}): a new {role} needs new pods"
             )
     return None
+
+
+def _label(request: RefitRequest) -> str:
+    """How a refit is named in the state's `refitting` and in a superseded answer."""
+    return request.key or redact_uri(request.checkpoint.uri)
 
 
 def _uris(request: RefitRequest) -> list[str]:
