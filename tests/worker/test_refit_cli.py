@@ -69,9 +69,8 @@ def test_wrong_shape_is_an_error_naming_file_and_key(
     code, result, err = refit(capsys, *local_args(bundle, bundle.wrong_shape, tmp_path / "out"))
     assert code == 1
     assert result.outcome is Outcome.ERROR
-    assert result.message == (
-        f"checkpoint {bundle.wrong_shape.as_uri()}: key '8.weight' shape [9, 32] does not match engine [10, 32]"
-    )
+    uri = bundle.wrong_shape.as_uri()
+    assert result.message == f"checkpoint {uri}: key '8.weight' shape [9, 32] does not match engine [10, 32]"
     assert f"[error] {result.message}" in err
     assert not (tmp_path / "out").exists()
 
@@ -241,3 +240,13 @@ def test_the_installed_command_writes_the_termination_log(bundle: Bundle, tmp_pa
     last = done.stdout.strip().splitlines()[-1]
     assert RefitResult.from_json(last).outcome is Outcome.PASSED
     assert log.read_text() == last
+
+
+def test_an_artifact_over_the_size_limit_is_refused_and_nothing_published(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, tmp_path: Path
+) -> None:
+    args = local_args(bundle, bundle.good, tmp_path / "out")
+    code, result, _ = refit(capsys, *args, "--max-artifact-bytes", "1Ki")
+    assert code == 1 and result.outcome is Outcome.ERROR
+    assert "over the 1024-byte limit per artifact" in result.message
+    assert not (tmp_path / "out").exists()

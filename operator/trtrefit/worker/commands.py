@@ -52,6 +52,11 @@ def add_refit_parser(sub: Subparsers) -> None:
     flags.add_argument("--publish", metavar="URI", help="prefix for <sha256>.ep and .json")
     flags.add_argument("--device", choices=("auto", "cpu", "cuda"))
     flags.add_argument(
+        "--max-artifact-bytes",
+        metavar="SIZE",
+        help="largest file downloaded, bytes or a quantity such as 20Gi (default 20Gi)",
+    )
+    flags.add_argument(
         "--refit-path",
         choices=("auto", "fast", "fallback"),
         help="TensorRT engines: fast path with fallback (auto), fast path or fail, or fallback only",
@@ -128,7 +133,7 @@ _REQUIRED_FLAGS = ("engine", "checkpoint", "rtol", "atol", "min_cosine_similarit
 _REQUEST_FLAGS = (
     *_REQUIRED_FLAGS,
     *("engine_sha256", "source", "source_sha256", "checkpoint_sha256", "inputs", "inputs_sha256"),
-    *("generate_inputs", "seed", "device", "refit_path"),
+    *("generate_inputs", "seed", "device", "refit_path", "max_artifact_bytes"),
 )
 
 
@@ -167,6 +172,10 @@ def request_from_args(args: argparse.Namespace) -> RefitRequest:
     }
     if args.source is not None:
         body["source"] = _artifact(args.source, args.source_sha256, "--source-sha256")
+    if args.max_artifact_bytes is not None:
+        from trtrefit.worker.storage import parse_byte_size
+
+        body["maxArtifactBytes"] = parse_byte_size("--max-artifact-bytes", args.max_artifact_bytes)
     return parse_request(json.dumps(body), "refit flags")
 
 
