@@ -16,7 +16,7 @@ from trtrefit.serving.commands import ConfigError, read_request, read_token
 from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.protocol import InferenceRequest
-from trtrefit.serving.redact import redact_text, redact_uri
+from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.serving.tensors import ProtocolError, decode_request, encode_response
 from trtrefit.worker.errors import WorkerError
 

@@ -21,7 +21,7 @@ import uvicorn
 
 from trtrefit.api.request import RefitRequest
 from trtrefit.serving.app import build_app
-from trtrefit.serving.redact import redact_uri
+from trtrefit.api.redact import redact_uri
 from trtrefit.serving.service import ServingModel, StartupError
 
 

@@ -27,7 +27,7 @@ from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.metrics import ServingMetrics
 from trtrefit.serving.prepare import FETCH_RETRY, Prepared, PrepareError, prepare
-from trtrefit.serving.redact import redact_text, redact_uri
+from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.worker import programs
 from trtrefit.worker.backends import detect
 from trtrefit.worker.errors import WorkerError

@@ -1,5 +1,5 @@
-"""URIs may carry credentials (userinfo, presigned query strings): what the server writes (state, results,
-metrics labels, logs) shows them without."""
+"""URIs may carry credentials (userinfo, presigned query strings): everything we write (status, Events,
+annotations, results, manifests, logs, metrics labels) shows them without."""
 
 from __future__ import annotations
 
