@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from tests.serving.conftest import SHAPE, Bundle, eager
+from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.serving import DESIRED_ENV, TOKEN_ENV
 from trtrefit.serving.commands import ConfigError, read_request, read_token
 from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.protocol import InferenceRequest
-from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.serving.tensors import ProtocolError, decode_request, encode_response
 from trtrefit.worker.errors import WorkerError
 

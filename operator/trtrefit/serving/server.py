@@ -19,9 +19,9 @@ from types import FrameType
 
 import uvicorn
 
+from trtrefit.api.redact import redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.serving.app import build_app
-from trtrefit.api.redact import redact_uri
 from trtrefit.serving.service import ServingModel, StartupError
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtrefit import __version__
+from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.api.serving import ServedCheckpoint, ServingState
@@ -27,7 +28,6 @@ from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.metrics import ServingMetrics
 from trtrefit.serving.prepare import FETCH_RETRY, Prepared, PrepareError, prepare
-from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.worker import programs
 from trtrefit.worker.backends import detect
 from trtrefit.worker.errors import WorkerError
