@@ -250,3 +250,20 @@ def test_an_artifact_over_the_size_limit_is_refused_and_nothing_published(
     assert code == 1 and result.outcome is Outcome.ERROR
     assert "over the 1024-byte limit per artifact" in result.message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_presigned_query_never_reaches_the_log_the_result_or_the_manifest(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, http_files: HttpFiles, tmp_path: Path
+) -> None:
+    secret = "X-Amz-Signature=s3cr3t"
+    good = http_files.add(f"good.safetensors?{secret}", bundle.good.read_bytes())
+    wrong = http_files.add(f"wrong.safetensors?{secret}", bundle.wrong_shape.read_bytes())
+    args = local_args(bundle, bundle.good, tmp_path / "out")
+    code, result, err = refit(capsys, *args, "--checkpoint", good)
+    assert code == 0 and result.engine is not None and result.checkpoint is not None
+    assert result.checkpoint.uri == good.replace(secret, "REDACTED")
+    manifest = (tmp_path / "out" / f"{result.engine.sha256}.json").read_text()
+    assert "s3cr3t" not in err + result.to_json() + manifest and "REDACTED" in manifest
+    code, result, err = refit(capsys, *local_args(bundle, bundle.good, tmp_path / "x"), "--checkpoint", wrong)
+    assert code == 1 and "does not match engine" in result.message
+    assert "s3cr3t" not in err + result.to_json()

@@ -11,6 +11,8 @@ from pydantic import ConfigDict
 
 # Artifacts are read through fsspec. The schemes listed here are the ones the worker ships clients for.
 URI_PATTERN = r"^(file|https?|s3|gs|gcs)://\S+$"
+# user:password@ in the authority: credentials belong in the environment, never in a URI we may show.
+USERINFO_PATTERN = r"^[a-z0-9]+://[^/?#]*@"
 # Publishing writes, so it needs a filesystem that can write and move: no plain HTTP.
 WRITABLE_URI_PATTERN = r"^(file|s3|gs|gcs)://\S+$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"

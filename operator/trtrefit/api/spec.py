@@ -18,6 +18,7 @@ from trtrefit.api.base import (
     MAX_URI_LENGTH,
     SHA256_PATTERN,
     URI_PATTERN,
+    USERINFO_PATTERN,
     WRITABLE_URI_PATTERN,
     Model,
     Rule,
@@ -29,17 +30,39 @@ from trtrefit.api.jobspec import RefitJobSpec
 STATE_DICT_SUFFIX = r"[.](safetensors|pt|pth)([?#].*)?$"  # [.], not \., which a CEL string would need escaped
 
 
+NO_USERINFO = "no credentials in URIs"
+
+
 class Artifact(Model):
     """A file read by the refit Job, addressed by URI."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                f"!self.uri.matches('{USERINFO_PATTERN}')",
+                f"{NO_USERINFO}: give storage credentials through spec.refitJob.envFrom or workload "
+                "identity, not as user:password@ in the URI",
+                ".uri",
+            )
+        )
+    )
 
     uri: str = Field(
         description=(
             "Where the file is: file://, http(s)://, s3:// or gs:// (gcs://). The refit Job reads it with "
-            "its own credentials (spec.refitJob.env / envFrom)."
+            "its own credentials (spec.refitJob.env / envFrom); user:password@ in the URI is refused, and "
+            "a query string (a presigned URL) is never shown in status, Events or logs."
         ),
         pattern=URI_PATTERN,
         max_length=MAX_URI_LENGTH,
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _no_userinfo(cls, uri: str) -> str:
+        if re.match(USERINFO_PATTERN, uri):
+            raise ValueError(f"{NO_USERINFO}: give storage credentials through the environment instead")
+        return uri
 
 
 class PinnedArtifact(Artifact):

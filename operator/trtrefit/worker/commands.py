@@ -9,9 +9,11 @@ import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trtrefit.api.redact import redact_text
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome, RefitResult, exit_code
 from trtrefit.worker.errors import WorkerError
@@ -116,7 +118,7 @@ def refit_command(args: argparse.Namespace) -> int:
         traceback.print_exc(file=sys.stderr)
         message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
         result = RefitResult(outcome=Outcome.ERROR, message=message, timings={"total": progress.total()})
-    emit(result, args.termination_log)
+    emit(result, args.termination_log, progress.hidden)
     return exit_code(result.outcome)
 
 
@@ -227,9 +229,10 @@ def validation_summary(exc: Any) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def emit(result: RefitResult, termination_log: str) -> None:
-    """Result JSON as the last stdout line, and into the termination log where one is expected."""
-    text = result.to_json()
+def emit(result: RefitResult, termination_log: str, hidden: Sequence[str] = ()) -> None:
+    """Result JSON as the last stdout line, and into the termination log where one is expected; the
+    `hidden` URIs appear without their credentials (also in a message the pipeline did not write)."""
+    text = redact_text(result.to_json(), hidden)
     print(text, flush=True)
     path = Path(termination_log)
     wanted = path.exists() if termination_log == DEFAULT_TERMINATION_LOG else path.parent.is_dir()

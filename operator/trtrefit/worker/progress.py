@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
+
+from trtrefit.api.redact import redact_text
 
 
 class Progress:
@@ -16,9 +18,13 @@ class Progress:
         self._stream = stream if stream is not None else sys.stderr
         self._started = time.perf_counter()
         self.timings: dict[str, float] = {}
+        self.hidden: tuple[str, ...] = ()  # URIs whose credentials never reach the log
+
+    def hide(self, uris: Iterable[str]) -> None:
+        self.hidden = (*self.hidden, *uris)
 
     def say(self, stage: str, message: str) -> None:
-        print(f"[{stage}] {message}", file=self._stream, flush=True)
+        print(f"[{stage}] {redact_text(message, self.hidden)}", file=self._stream, flush=True)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

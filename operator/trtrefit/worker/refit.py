@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtrefit import __version__
+from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.worker import programs
@@ -44,6 +45,7 @@ class _Trace:
 def run_refit(request: RefitRequest, workdir: Path, progress: Progress) -> RefitResult:
     """Run the whole pipeline; bad input and failed steps become an `error` result, not an exception."""
     trace = _Trace(key=request.key, versions={"trtrefit": __version__, "python": platform.python_version()})
+    progress.hide(a.uri for a in artifacts(request).values())
     try:
         return _pipeline(request, workdir, progress, trace)
     except WorkerError as exc:
@@ -56,9 +58,9 @@ def _result(outcome: Outcome, message: str, trace: _Trace, progress: Progress, *
     fetched = trace.artifacts.get("checkpoint")
     return RefitResult(
         outcome=outcome,
-        message=message,
+        message=redact_text(message, progress.hidden),
         key=trace.key,
-        checkpoint=CheckpointDigest(uri=fetched.uri, sha256=fetched.sha256) if fetched else None,
+        checkpoint=CheckpointDigest(uri=redact_uri(fetched.uri), sha256=fetched.sha256) if fetched else None,
         backend=trace.backend,
         path=trace.path,
         timings=timings,
@@ -255,7 +257,8 @@ def _first_line(exc: BaseException) -> str:
 def _manifest(request: RefitRequest, trace: _Trace, report: Report, progress: Progress) -> dict[str, Any]:
     """What the published engine was made from and how: inputs' digests, versions, GPU, timings."""
     artifacts = {
-        role: {"uri": f.uri, "sha256": f.sha256, "size": f.size} for role, f in trace.artifacts.items()
+        role: {"uri": redact_uri(f.uri), "sha256": f.sha256, "size": f.size}
+        for role, f in trace.artifacts.items()
     }
     manifest: dict[str, Any] = {
         "apiVersion": "trtrefit.dev/manifest-v1",
