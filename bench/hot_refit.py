@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2, help="inference threads during the load phases")
     parser.add_argument("--think-ms", type=float, default=2.0, help="pause between one client's requests")
     parser.add_argument("--load-s", type=float, default=6.0, help="seconds of each load phase")
+    parser.add_argument(
+        "--attribute-s",
+        type=float,
+        default=3.0,
+        help="seconds of load beside each refit stage alone (0: skip)",
+    )
     parser.add_argument("--no-job", action="store_true", help="skip the fresh-process refit Job")
     parser.add_argument("--no-recompile", action="store_true")
     parser.add_argument("--commit", default=os.environ.get("TRTREFIT_COMMIT", "unknown"))
@@ -194,8 +201,10 @@ def bench_serving(name: str, root: Path, args: argparse.Namespace) -> dict[str, 
     think_s = args.think_ms / 1000
     idle = Load(model, inputs, served, think_s).run(args.clients, args.load_s, None)
     log(f"{name}: idle load {idle['requests']} requests, p99 {idle['p99_ms']} ms")
-    under_load = Load(model, inputs, served, think_s).run(args.clients, args.load_s, requests)
+    refitting = Load(model, inputs, served, think_s)
+    under_load = refitting.run(args.clients, args.load_s, lambda: refitting.refitter(requests))
     log(f"{name}: load while refitting {under_load['requests']} requests, p99 {under_load['p99_ms']} ms")
+    pieces = attribute_stages(model, root, inputs, served, args) if args.attribute_s > 0 else {}
     del model
     release(torch)
 
@@ -225,7 +234,25 @@ def bench_serving(name: str, root: Path, args: argparse.Namespace) -> dict[str, 
         "failed_requests": idle["failed"] + under_load["failed"],
         "failures": (idle["failures"] + under_load["failures"])[:5],
         "p99_refitting_le_idle_plus_lock": under_load["p99_ms"] <= idle["p99_ms"] + lock_ms,
+        "load_beside_one_stage": pieces,
     }
+
+
+def attribute_stages(
+    model: Any, root: Path, inputs: list[Any], served: dict[str, list[Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The client load beside each refit stage on its own (hot_refit_stages.py)."""
+    from hot_refit_stages import attribute, timed_loop
+
+    def load(piece: Callable[[], None]) -> dict[str, Any]:
+        seconds: list[float] = []
+        phase = Load(model, inputs, served, args.think_ms / 1000)
+        found = phase.run(args.clients, args.attribute_s, lambda: timed_loop(piece, phase.stop, seconds))
+        del found["refit_timings"]
+        return found | {"piece_ms_median": round(median(seconds) * 1000, 2), "piece_runs": len(seconds)}
+
+    log("load beside each refit stage")
+    return attribute(model, root, inputs, load)
 
 
 def host(outputs: list[Any]) -> list[Any]:
@@ -273,10 +300,11 @@ class Load:
                 self.refit_timings.append(result.timings)
             index += 1
 
-    def run(self, clients: int, seconds: float, refits: dict[str, Any] | None) -> dict[str, Any]:
+    def run(self, clients: int, seconds: float, background: Callable[[], None] | None) -> dict[str, Any]:
+        """The client load for `seconds`, with `background` (a loop until self.stop) beside it."""
         threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
-        if refits is not None:
-            threads.append(threading.Thread(target=self.refitter, args=(refits,), daemon=True))
+        if background is not None:
+            threads.append(threading.Thread(target=background, daemon=True))
         for thread in threads:
             thread.start()
         time.sleep(seconds)
@@ -453,6 +481,7 @@ def render(result: dict[str, Any]) -> str:
     for stage in STAGES:
         cells = [str(m.get("hot_stages_ms_median", {}).get(stage)) for m in models.values()]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += render_stages(models)
     lines += ["", "Targets (DESIGN.md):", ""]
     for name, m in models.items():
         target = TARGETS.get(name)
@@ -468,6 +497,28 @@ def render(result: dict[str, Any]) -> str:
             f"{m.get('p99_refitting_le_idle_plus_lock')}"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_stages(models: dict[str, Any]) -> list[str]:
+    """Inference p99 with one refit stage repeating beside it, and that stage's own time."""
+    names = [n for n, m in models.items() if m.get("load_beside_one_stage")]
+    if not names:
+        return []
+    lines = [
+        "",
+        "Inference beside ONE refit stage repeated in a loop (p99 ms / max ms; the stage's own median ms):",
+        "",
+        "| stage | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    stages = list(models[names[0]]["load_beside_one_stage"])
+    for stage in stages:
+        cells = []
+        for name in names:
+            got = models[name]["load_beside_one_stage"].get(stage, {})
+            cells.append(f"{got.get('p99_ms')} / {got.get('max_ms')} ({got.get('piece_ms_median')})")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

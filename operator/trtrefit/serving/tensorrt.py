@@ -87,6 +87,7 @@ class TensorRTLive:
             raise WorkerError(f"engine {label}: a TensorRT program needs a CUDA device (got {device!r})")
         self.device = device
         self._label = label
+        self._staging = torch.cuda.Stream(device=torch.device(device))  # type: ignore[no-untyped-call]
         self._trt = tensorrt_module()
         from torch_tensorrt.logging import TRT_LOGGER
 
@@ -122,10 +123,15 @@ class TensorRTLive:
                 count = f"{len(plan.unresolved)} of {len(engine.names)} weights of {engine.entry.name}"
                 raise WorkerError(f"engine {self._label}: {count} have no source, e.g. '{name}': {why}")
             try:
-                engines.append(materialize_planned(engine.prototypes, plan, state, self.device))
+                # A stream of its own: inference waits on the default stream, never behind these copies.
+                with torch.cuda.stream(self._staging):
+                    engines.append(materialize_planned(engine.prototypes, plan, state, self.device))
             except FastPathError as exc:
                 raise WorkerError(f"engine {self._label}: {engine.entry.name}: {exc}") from exc
-        return TensorRTStaged(id(self), tuple(engines), self._stage_torch_side(state))
+        with torch.cuda.stream(self._staging):
+            torch_side = self._stage_torch_side(state)
+        self._staging.synchronize()
+        return TensorRTStaged(id(self), tuple(engines), torch_side)
 
     def current(self) -> TensorRTStaged:
         return self._current
