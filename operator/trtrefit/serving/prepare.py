@@ -8,7 +8,6 @@ Nothing here touches what serves; every problem is a WorkerError naming the file
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoin
 from trtrefit.worker.inputs import generate, input_specs, load_inputs
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.refit import exact_fp32
-from trtrefit.worker.storage import Fetched, Retry, fetch
+from trtrefit.worker.storage import DEFAULT_MAX_BYTES, Fetched, Retry, Wanted, fetch_all
 
 if TYPE_CHECKING:
     import torch
@@ -79,13 +78,13 @@ class PrepareError(WorkerError):
 
 
 def _fetch(request: RefitRequest, workdir: Path) -> tuple[Fetched, Fetched | None]:
-    inputs = request.verify.inputs
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        checkpoint = pool.submit(
-            fetch, request.checkpoint.uri, workdir, request.checkpoint.sha256, FETCH_RETRY
-        )
-        sample = pool.submit(fetch, inputs.uri, workdir, inputs.sha256, FETCH_RETRY) if inputs else None
-        return checkpoint.result(), sample.result() if sample else None
+    """The checkpoint and the inputs file, bounded like a Job's downloads; the first failure stops both."""
+    wanted = {"checkpoint": Wanted(request.checkpoint.uri, request.checkpoint.sha256)}
+    if request.verify.inputs is not None:
+        wanted["inputs"] = Wanted(request.verify.inputs.uri, request.verify.inputs.sha256)
+    limit = request.max_artifact_bytes or DEFAULT_MAX_BYTES
+    fetched = fetch_all(wanted, workdir, FETCH_RETRY, max_bytes=limit)
+    return fetched["checkpoint"], fetched.get("inputs")
 
 
 def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:

@@ -33,7 +33,7 @@ from trtrefit.worker.backends import detect
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import check_compatible
 from trtrefit.worker.progress import Progress
-from trtrefit.worker.storage import fetch
+from trtrefit.worker.storage import DEFAULT_MAX_BYTES, fetch
 from trtrefit.worker.verify import Tolerances, verify
 
 if TYPE_CHECKING:
@@ -113,9 +113,12 @@ class ServingModel:
         import torch
 
         folder = Path(tempfile.mkdtemp(prefix="start-", dir=self._workdir))
-        engine = fetch(request.engine.uri, folder, request.engine.sha256, FETCH_RETRY)
+        limit = request.max_artifact_bytes or DEFAULT_MAX_BYTES
+        engine = fetch(request.engine.uri, folder, request.engine.sha256, FETCH_RETRY, max_bytes=limit)
         source = (
-            fetch(request.source.uri, folder, request.source.sha256, FETCH_RETRY) if request.source else None
+            fetch(request.source.uri, folder, request.source.sha256, FETCH_RETRY, max_bytes=limit)
+            if request.source
+            else None
         )
         kind = detect(engine.path, request.engine.uri)
         device = resolve_device(request.device.value, kind)
