@@ -226,17 +226,6 @@ class RolloutSpec(Model):
     canary), then to the others in batches; each pod refits its live engine and verifies it, and the pod
     template is never edited."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            Rule(
-                "type(self.maxConcurrent) == int ? self.maxConcurrent >= 1 : "
-                f"self.maxConcurrent.matches('{MAX_CONCURRENT_PATTERN}')",
-                "maxConcurrent is a number of pods (at least 1) or a percentage such as 25%",
-                ".maxConcurrent",
-            ),
-        )
-    )
-
     strategy: RolloutStrategy = Field(
         default=RolloutStrategy.RESTART,
         description=(
@@ -249,6 +238,13 @@ class RolloutSpec(Model):
         description=(
             "InPlace: how many ready pods are refitted at a time after the canary passed: a number, or a "
             "percentage of the Deployment's replicas rounded up; at least one pod."
+        ),
+        # On the field, not the object: the object's default {} is checked before its fields get theirs.
+        json_schema_extra=cel(
+            Rule(
+                f"type(self) == int ? self >= 1 : self.matches('{MAX_CONCURRENT_PATTERN}')",
+                "maxConcurrent is a number of pods (at least 1) or a percentage such as 25%",
+            )
         ),
     )
     port: int = Field(
