@@ -244,10 +244,11 @@ def attribute_stages(
     """The client load beside each refit stage on its own (hot_refit_stages.py)."""
     from hot_refit_stages import attribute, timed_loop
 
-    def load(piece: Callable[[], None]) -> dict[str, Any]:
+    def load(piece: Callable[[], None], pause_s: float) -> dict[str, Any]:
         seconds: list[float] = []
         phase = Load(model, inputs, served, args.think_ms / 1000)
-        found = phase.run(args.clients, args.attribute_s, lambda: timed_loop(piece, phase.stop, seconds))
+        background = lambda: timed_loop(piece, phase.stop, seconds, pause_s)  # noqa: E731
+        found = phase.run(args.clients, args.attribute_s, background)
         del found["refit_timings"]
         return found | {"piece_ms_median": round(median(seconds) * 1000, 2), "piece_runs": len(seconds)}
 
