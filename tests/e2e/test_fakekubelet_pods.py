@@ -100,7 +100,7 @@ def test_pods_wait_for_their_config_then_serve_verified_on_their_own_address(
     ips = {p.status.pod_ip for p in pods}
     assert len(ips) == 2 and "127.0.0.1" not in ips, ips
     for pod in pods:
-        assert [ip.ip for ip in pod.status.pod_i_ps] == [pod.status.pod_ip]
+        assert [ip.ip for ip in pod.status.pod_ips] == [pod.status.pod_ip]
         state = serving_state(pod.status.pod_ip, MODEL)
         assert state.ready and state.checkpoint is not None
         assert (state.checkpoint.uri, state.checkpoint.key) == (FIRST, KEY)
