@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from trtrefit.api.redact import redact_uri
 from trtrefit.api.spec import TRTModelSpec
 from trtrefit.api.status import Digest
 
@@ -34,7 +35,14 @@ def desired_refit(spec: TRTModelSpec) -> DesiredRefit:
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return DesiredRefit(
         key=hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH],
-        checkpoint=Digest(uri=spec.checkpoint.uri, sha256=spec.checkpoint.sha256),
-        engine=Digest(uri=spec.engine.uri, sha256=spec.engine.sha256),
+        # Shown in status, Events and annotations: without a presigned query or userinfo.
+        checkpoint=Digest(uri=redact_uri(spec.checkpoint.uri), sha256=spec.checkpoint.sha256),
+        engine=Digest(uri=redact_uri(spec.engine.uri), sha256=spec.engine.sha256),
         publish=spec.publish.uri if spec.publish else None,
     )
+
+
+def artifact_uris(spec: TRTModelSpec) -> list[str]:
+    """Every URI the spec reads, as written (they may carry a presigned query): what must never be shown."""
+    artifacts = (spec.engine, spec.source, spec.checkpoint, spec.verify.inputs)
+    return [artifact.uri for artifact in artifacts if artifact is not None]

@@ -4,13 +4,16 @@ so a restarted operator, a lost event or a repeated pass all converge to the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from trtrefit.api.redact import redact_text
 from trtrefit.api.spec import RolloutStrategy
 from trtrefit.api.status import Phase, TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
@@ -18,7 +21,7 @@ from trtrefit.controller.act import execute
 from trtrefit.controller.assess import Observed, assess
 from trtrefit.controller.builders import worker_image
 from trtrefit.controller.config import OperatorConfig
-from trtrefit.controller.desired import DesiredRefit, desired_refit
+from trtrefit.controller.desired import DesiredRefit, artifact_uris, desired_refit
 from trtrefit.controller.events import Event, Finished, action_events, status_events
 from trtrefit.controller.inplace import reconcile_in_place
 from trtrefit.controller.kube import Cluster, Obj
@@ -125,13 +128,14 @@ def reconcile(
         observed=outcome.observed,
         now=now,
     )
-    wrote = _write_status(cluster, body, status)
+    hidden = artifact_uris(model.spec)
+    wrote = _write_status(cluster, body, status, hidden)
     events = action_events(outcome.done, name, model.spec, desired.key)
     transitions, finished = status_events(model.status, status, model.spec)
     return PassResult(
         reference=reference(body),
         phase=status.phase,
-        events=events + transitions,
+        events=_redacted(events + transitions, hidden),
         finished=finished,
         retry_after=outcome.retry_after,
         retry_reason=outcome.retry_reason,
@@ -144,11 +148,12 @@ def _in_place(
 ) -> PassResult:
     generation = int(body["metadata"].get("generation", 0))
     done = reconcile_in_place(cluster, pods, model, generation=generation, clock=clock)
-    wrote = _write_status(cluster, body, done.status)
+    hidden = artifact_uris(model.spec)
+    wrote = _write_status(cluster, body, done.status, hidden)
     return PassResult(
         reference=reference(body),
         phase=done.status.phase,
-        events=done.events,
+        events=_redacted(done.events, hidden),
         finished=done.finished,
         retry_after=done.retry_after,
         retry_reason=done.retry_reason,
@@ -156,14 +161,19 @@ def _in_place(
     )
 
 
-def _write_status(cluster: Cluster, body: Obj, status: TRTModelStatus) -> bool:
-    new = status.wire()
+def _write_status(cluster: Cluster, body: Obj, status: TRTModelStatus, hidden: Sequence[str] = ()) -> bool:
+    # The last gate before the API: no artifact URI reaches status with its query string or userinfo.
+    new = json.loads(redact_text(json.dumps(status.wire()), hidden))
     patch = merge_patch(body.get("status") or {}, new)
     if not patch:
         return False
     meta = body["metadata"]
     cluster.patch_model_status(meta["namespace"], meta["name"], patch)
     return True
+
+
+def _redacted(events: Sequence[Event], hidden: Sequence[str]) -> list[Event]:
+    return [dataclasses.replace(e, message=redact_text(e.message, hidden)) for e in events]
 
 
 def delete_refit_jobs(cluster: Cluster, namespace: str, model_uid: str) -> list[str]:
