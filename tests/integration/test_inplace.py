@@ -129,13 +129,19 @@ def key_of(api: client.ApiClient, namespace: str) -> str:
     return desired_refit(TRTModelSpec.model_validate(get_model(api, namespace, NAME)["spec"])).key
 
 
-def wait_ready_on(api: client.ApiClient, namespace: str, key: str, timeout: float = 180) -> dict[str, Any]:
+def wait_ready_on(
+    api: client.ApiClient, namespace: str, key: str, timeout: float = 180, pods: str = "2/2"
+) -> dict[str, Any]:
+    """The status once the model is Ready on refit `key` with `pods` (current/ready) counted. Ready alone is
+    not enough while pods start: one ready pod that serves the key makes the model Ready (1/1)."""
+
     def ready() -> dict[str, Any] | None:
         model = get_model(api, namespace, NAME)
         status = model.get("status", {})
         fresh = status.get("observedGeneration") == model["metadata"]["generation"]
         serving = (status.get("serving") or {}).get("refitKey")
-        return status if fresh and status.get("phase") == "Ready" and serving == key else None
+        counted = (status.get("pods") or {}).get("summary") == pods
+        return status if fresh and status.get("phase") == "Ready" and serving == key and counted else None
 
     found = wait_for(ready, timeout=timeout, what=f"TRTModel {NAME} Ready on refit {key}", interval=0.5)
     assert found is not None
