@@ -8,11 +8,16 @@ own `ServingModel` (serving/service.py) the way the HTTP layer does, artifacts o
   prime       ServingModel.start(A): load the program, the first refit (every Refitter's slow first
               refit_cuda_engine), verify. `prime_s` is that refit's apply stage.
   hot         >= --refits refits alternating B and A, each a full ServingModel.refit(request): fetch
-              (hash the local file) + check + stage + reference + lock(apply + verify), no load.
+              + check + stage + reference + digest + lock(apply + verify), no load. The checkpoints are
+              UNPINNED: their sha256 is computed on a thread beside check/stage/reference and waited for
+              (`digest`) before the lock.
+  hot pinned  the same with each checkpoint's sha256 pinned: hashed and compared before it is parsed.
   idle        --clients threads send inference requests (the verification inputs, output copied to the
               host as a server answering would) for --load-s seconds; per-request latency.
   refitting   the same load while refits alternate B/A back to back; every response is checked to be
-              exactly A's or B's output (never a mix, never an error): failed_requests.
+              exactly A's or B's output (never a mix, never an error): failed_requests. Repeated with
+              the serving stream at the refit stream's (default) priority, and with the interpreter's
+              GIL switch interval at 0.5 ms, to attribute what is left.
   fresh job   a subprocess `python -m trtrefit.worker refit` (the refit Job's command) to B, wall time.
   recompile   torch_tensorrt.dynamo.compile of the source program carrying B, in this (warm) process.
 
@@ -57,7 +62,8 @@ TARGETS = {  # DESIGN.md "Performance targets"
     "resnet50": {"hot_total_s": 0.10, "lock_ms": 20.0},
     "vit_b_16": {"hot_total_s": 0.25, "lock_ms": 40.0},
 }
-STAGES = ("fetch", "check", "stage", "reference", "wait", "lock", "apply", "verify", "total")
+STAGES = ("fetch", "check", "stage", "reference", "digest", "wait", "lock", "apply", "verify", "total")
+SWITCH_INTERVAL_S = 0.0005
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,29 +92,51 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="hot-refit-"))
-    models = {}
-    for name in args.models.split(","):
-        log(f"{name}: start")
-        models[name] = bench_model(name, root / name, args)
-        log(f"{name}: {json.dumps(summary_line(models[name]))}")
+    models: dict[str, Any] = {}
     result = {
         "benchmark": "hot_refit",
         "commit": args.commit,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python3 bench/hot_refit.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "versions": versions(),
-        "machine": machine(),
-        "n": {"hot_refits": args.refits, "clients": args.clients, "load_s": args.load_s},
+        "machine": machine() | {"sha256_gb_per_s_in_memory": sha256_speed()},
+        "n": {
+            "hot_refits": args.refits,
+            "hot_refits_pinned": args.refits,
+            "clients": args.clients,
+            "load_s": args.load_s,
+            "attribute_s": args.attribute_s,
+        },
         "settings": {"batch": args.batch, "think_ms": args.think_ms, "tolerances": TOLERANCES},
         "targets": TARGETS,
-        "wall_s": round(time.time() - started, 1),
         "models": models,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hot_refit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    (args.out / "hot_refit.md").write_text(render(result))
+    for name in args.models.split(","):
+        log(f"{name}: start")
+        models[name] = {}
+        bench_model(name, root / name, args, models[name], lambda: write(result, args.out, started))
+        log(f"{name}: {json.dumps(summary_line(models[name]))}")
+    write(result, args.out, started)
     print(render(result))
     return 0
+
+
+def write(result: dict[str, Any], out: Path, started: float) -> None:
+    """The results so far: written after every phase, so a run cut short still leaves its numbers."""
+    result["wall_s"] = round(time.time() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hot_refit.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (out / "hot_refit.md").write_text(render(result))
+
+
+def sha256_speed() -> float:
+    """hashlib's SHA-256 over 256 MiB already in memory: the ceiling for hashing a checkpoint here."""
+    import hashlib
+
+    data = bytes(256 * 1024 * 1024)
+    started = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    return round(len(data) / (time.perf_counter() - started) / 1e9, 2)
 
 
 def log(message: str) -> None:
@@ -118,11 +146,15 @@ def log(message: str) -> None:
 # -- one model ---------------------------------------------------------------------------------------
 
 
-def bench_model(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(
+    name: str, root: Path, args: argparse.Namespace, out: dict[str, Any], save: Callable[[], None]
+) -> None:
+    """Fills `out` phase by phase (`save` after each)."""
     import torch
 
     from trtrefit.worker.compile import CompileRequest, compile_bundle
     from trtrefit.worker.samples import write_checkpoint
+    from trtrefit.worker.storage import hash_file
 
     spec = MODELS[name]
     started = time.perf_counter()
@@ -130,20 +162,24 @@ def bench_model(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     compile_bundle(
         CompileRequest(output=root, shapes=[(args.batch, 3, size, size)], backend=args.backend, model=spec)
     )
-    compile_s = time.perf_counter() - started
+    out["compile_s"] = round(time.perf_counter() - started, 2)
     write_checkpoint(spec, 11, "jitter", root / "A.safetensors")
     write_checkpoint(spec, 12, "jitter", root / "B.safetensors")
-    out: dict[str, Any] = {"compile_s": round(compile_s, 2)}
-    out.update(bench_serving(name, root, args))
+    started = time.perf_counter()
+    hash_file(root / "B.safetensors")  # just written: in the page cache, as in the hot refits
+    out["checkpoint_mb"] = round((root / "B.safetensors").stat().st_size / 1e6, 1)
+    out["hash_file_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    bench_serving(name, root, args, out, save)
     release(torch)
+    save()
     if not args.no_job:
         log(f"{name}: fresh-process refit Job")
         out.update(fresh_job(name, root, args))
+        save()
     if not args.no_recompile and args.backend == "tensorrt":
         log(f"{name}: recompile")
         out["recompile_s"] = recompile(root)
     release(torch)
-    return out
 
 
 def release(torch: Any) -> None:
@@ -152,15 +188,19 @@ def release(torch: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def request_for(name: str, root: Path, checkpoint: str, args: argparse.Namespace) -> Any:
+def request_for(
+    name: str, root: Path, checkpoint: str, args: argparse.Namespace, *, pinned: bool = False
+) -> Any:
     from trtrefit.api.request import RefitRequest
+    from trtrefit.worker.storage import hash_file
 
-    uri = (root / checkpoint).resolve().as_uri()
+    path = (root / checkpoint).resolve()
+    pin = {"sha256": hash_file(path)[0]} if pinned else {}
     return RefitRequest.model_validate(
         {
             "engine": {"uri": (root / "engine.ep").resolve().as_uri()},
             "source": {"uri": (root / "source.pt2").resolve().as_uri()},
-            "checkpoint": {"uri": uri},
+            "checkpoint": {"uri": path.as_uri(), **pin},
             "verify": {
                 "inputs": {"uri": (root / "inputs.safetensors").resolve().as_uri()},
                 **TOLERANCES[name],
@@ -171,54 +211,65 @@ def request_for(name: str, root: Path, checkpoint: str, args: argparse.Namespace
     )
 
 
-def bench_serving(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    import torch
+def bench_serving(
+    name: str, root: Path, args: argparse.Namespace, out: dict[str, Any], save: Callable[[], None]
+) -> None:
 
     from trtrefit.api.result import Outcome
     from trtrefit.serving.service import ServingModel
     from trtrefit.worker.inputs import load_inputs
 
     requests = {key: request_for(name, root, f"{key}.safetensors", args) for key in "AB"}
+    pinned = {key: request_for(name, root, f"{key}.safetensors", args, pinned=True) for key in "AB"}
     model = ServingModel(name, Path(tempfile.mkdtemp(prefix="serve-", dir=root)))
     started = time.perf_counter()
     first = model.start(requests["A"])
     start_s = time.perf_counter() - started
     log(f"{name}: started in {start_s:.1f} s, first refit {first.timings}")
+    out["start_s"] = round(start_s, 2)
+    out["prime_s"] = round(first.timings.get("apply", float("nan")), 3)
+    out["first_refit_timings_s"] = rounded(first.timings)
+    out["streams"] = stream_priorities(model)
     device = "cuda" if args.backend == "tensorrt" else "cpu"
     inputs = [t.to(device) for t in load_inputs(root / "inputs.safetensors", "inputs")]
     served = {"A": host(model.infer(inputs))}
 
-    hot = []
-    for index in range(args.refits):
-        key = "B" if index % 2 == 0 else "A"
-        result = model.refit(requests[key])
-        if result.outcome != Outcome.PASSED:
-            raise SystemExit(f"{name}: hot refit to {key} did not pass: {result.message}")
-        served.setdefault(key, host(model.infer(inputs)))
-        hot.append(result.timings)
+    def hot_refits(which: dict[str, Any]) -> list[dict[str, float]]:
+        timings = []
+        for index in range(args.refits):
+            key = "B" if index % 2 == 0 else "A"
+            result = model.refit(which[key])
+            if result.outcome != Outcome.PASSED:
+                raise SystemExit(f"{name}: hot refit to {key} did not pass: {result.message}")
+            served.setdefault(key, host(model.infer(inputs)))
+            timings.append(result.timings)
+        return timings
+
+    hot = hot_refits(requests)
     log(f"{name}: hot refits {[round(t['total'], 3) for t in hot]}")
+    lock_ms = median([t["lock"] for t in hot]) * 1000
+    out |= {
+        "hot_total_s_median": round(median([t["total"] for t in hot]), 4),
+        "hot_total_s_p90": round(percentile([t["total"] for t in hot], 90), 4),
+        "hot_lock_ms_median": round(lock_ms, 2),
+        "hot_stages_ms_median": stage_medians(hot),
+        "hot_refits": len(hot),
+    }
+    hot_pinned = hot_refits(pinned)
+    log(f"{name}: hot refits, pinned {[round(t['total'], 3) for t in hot_pinned]}")
+    out |= {
+        "hot_total_s_median_pinned": round(median([t["total"] for t in hot_pinned]), 4),
+        "hot_total_s_p90_pinned": round(percentile([t["total"] for t in hot_pinned], 90), 4),
+        "hot_stages_ms_median_pinned": stage_medians(hot_pinned),
+    }
+    save()
 
     think_s = args.think_ms / 1000
     idle = Load(model, inputs, served, think_s).run(args.clients, args.load_s, None)
     log(f"{name}: idle load {idle['requests']} requests, p99 {idle['p99_ms']} ms")
-    refitting = Load(model, inputs, served, think_s)
-    under_load = refitting.run(args.clients, args.load_s, lambda: refitting.refitter(requests))
+    under_load = refitting_phase(model, inputs, served, requests, args)
     log(f"{name}: load while refitting {under_load['requests']} requests, p99 {under_load['p99_ms']} ms")
-    pieces = attribute_stages(model, root, inputs, served, args) if args.attribute_s > 0 else {}
-    del model
-    release(torch)
-
-    lock_ms = median([t["lock"] for t in hot]) * 1000
-    during = under_load.pop("refit_timings")
-    return {
-        "start_s": round(start_s, 2),
-        "prime_s": round(first.timings.get("apply", float("nan")), 3),
-        "first_refit_timings_s": rounded(first.timings),
-        "hot_total_s_median": round(median([t["total"] for t in hot]), 4),
-        "hot_total_s_p90": round(percentile([t["total"] for t in hot], 90), 4),
-        "hot_lock_ms_median": round(lock_ms, 2),
-        "hot_stages_ms_median": {s: round(median([t.get(s, 0.0) for t in hot]) * 1000, 2) for s in STAGES},
-        "hot_refits": len(hot),
+    out |= {
         "infer_p50_ms_idle": idle["p50_ms"],
         "infer_p99_ms_idle": idle["p99_ms"],
         "infer_p50_ms_refitting": under_load["p50_ms"],
@@ -226,16 +277,86 @@ def bench_serving(name: str, root: Path, args: argparse.Namespace) -> dict[str, 
         "infer_max_ms_refitting": under_load["max_ms"],
         "requests_idle": idle["requests"],
         "requests_refitting": under_load["requests"],
-        "refits_during_load": len(during),
-        "refit_total_s_median_under_load": round(median([t["total"] for t in during]), 4) if during else None,
-        "refit_lock_ms_median_under_load": round(median([t["lock"] for t in during]) * 1000, 2)
-        if during
-        else None,
+        "refits_during_load": under_load["refits"],
+        "refit_total_s_median_under_load": under_load["refit_total_s_median"],
+        "refit_lock_ms_median_under_load": under_load["refit_lock_ms_median"],
+        "refit_stages_ms_median_under_load": under_load["refit_stages_ms_median"],
         "failed_requests": idle["failed"] + under_load["failed"],
         "failures": (idle["failures"] + under_load["failures"])[:5],
         "p99_refitting_le_idle_plus_lock": under_load["p99_ms"] <= idle["p99_ms"] + lock_ms,
-        "load_beside_one_stage": pieces,
     }
+    save()
+    out["refitting_variants"] = guarded(lambda: variants(model, inputs, served, requests, args))
+    save()
+    if args.attribute_s > 0:
+        out["load_beside_one_stage"] = guarded(lambda: attribute_stages(model, root, inputs, served, args))
+        save()
+
+
+def stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
+    return {s: round(median([t.get(s, 0.0) for t in timings]) * 1000, 2) for s in STAGES}
+
+
+def guarded(phase: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A diagnostic phase that fails is recorded, not fatal: the targets' numbers are already saved."""
+    try:
+        return phase()
+    except Exception as exc:  # any failure of a diagnostic is a result to record
+        log(f"diagnostic phase failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def refitting_phase(
+    model: Any, inputs: list[Any], served: dict[str, list[Any]], requests: dict[str, Any], args: Any
+) -> dict[str, Any]:
+    """The client load while refits alternate B/A back to back."""
+    phase = Load(model, inputs, served, args.think_ms / 1000)
+    found = phase.run(args.clients, args.load_s, lambda: phase.refitter(requests))
+    during = found.pop("refit_timings")
+    return found | {
+        "refits": len(during),
+        "refit_total_s_median": round(median([t["total"] for t in during]), 4) if during else None,
+        "refit_lock_ms_median": round(median([t["lock"] for t in during]) * 1000, 2) if during else None,
+        "refit_stages_ms_median": stage_medians(during) if during else None,
+    }
+
+
+def stream_priorities(model: Any) -> dict[str, Any]:
+    live = model._loaded.live
+    if not live.device.startswith("cuda"):
+        return {}
+    import torch
+
+    from trtrefit.serving import streams
+
+    return {
+        "range_lowest_highest": list(torch.cuda.Stream.priority_range()),
+        "serving": streams.serving_stream(live.device).priority,
+        "refit": streams.refit_stream(live.device).priority,
+        "engines": sorted({e.module._engine_stream.priority for e in live._engines}),
+    }
+
+
+def variants(
+    model: Any, inputs: list[Any], served: dict[str, list[Any]], requests: dict[str, Any], args: Any
+) -> dict[str, Any]:
+    """The refitting phase again with one thing changed: what the priorities and the GIL account for."""
+    from hot_refit_stages import equal_priority
+
+    if not hasattr(model._loaded.live, "use_serving_stream"):
+        return {}
+    found: dict[str, Any] = {}
+    log("refitting, the serving stream at the refit stream's priority")
+    with equal_priority(model):
+        found["equal_priority"] = refitting_phase(model, inputs, served, requests, args)
+    log(f"refitting, GIL switch interval {SWITCH_INTERVAL_S * 1000} ms")
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        found["switch_interval_0.5ms"] = refitting_phase(model, inputs, served, requests, args)
+    finally:
+        sys.setswitchinterval(saved)
+    return found
 
 
 def attribute_stages(
@@ -429,6 +550,14 @@ def versions() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     found: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform()}
     try:
+        flags = Path("/proc/cpuinfo").read_text()
+        found["sha_ni"] = " sha_ni" in flags
+        found["cpu"] = next(
+            (ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), None
+        )
+    except OSError:
+        found["sha_ni"] = None
+    try:
         query = "--query-gpu=name,driver_version,memory.total"
         text = subprocess.run(
             ["nvidia-smi", query, "--format=csv,noheader"],
@@ -450,37 +579,51 @@ def summary_line(m: dict[str, Any]) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     models = result["models"]
+    machine_ = result["machine"]
     lines = [
         "# Hot refit in a live `trtrefit serve` model (ServingModel, TensorRT engines refitted in place)",
         "",
-        f"{result['date']}, commit {result['commit']}, {result['machine'].get('gpu')}, "
-        f"{result['machine'].get('cpus')} CPUs; versions {json.dumps(result['versions'], sort_keys=True)}.",
+        f"{result['date']}, commit {result['commit']}, {machine_.get('gpu')}, {machine_.get('cpus')} CPUs "
+        f"(SHA-256 flag: {machine_.get('sha_ni')}; hashlib SHA-256 in memory "
+        f"{machine_.get('sha256_gb_per_s_in_memory')} GB/s); versions "
+        f"{json.dumps(result['versions'], sort_keys=True)}.",
         "",
-        f"Command: `{result['command']}` (n: {json.dumps(result['n'])}; wall {result['wall_s']} s).",
+        f"Command: `{result['command']}` (n: {json.dumps(result['n'])}; wall {result.get('wall_s')} s).",
         "",
         "| | " + " | ".join(models) + " |",
         "|---|" + "---|" * len(models),
     ]
     rows = [
+        ("checkpoint (MB) / hash_file alone (ms)", ("checkpoint_mb", "hash_file_ms")),
         ("prime: first refit after start, apply stage (s)", "prime_s"),
-        ("hot refit total, median (s)", "hot_total_s_median"),
-        ("hot refit total, p90 (s)", "hot_total_s_p90"),
+        ("hot refit total, unpinned, median / p90 (s)", ("hot_total_s_median", "hot_total_s_p90")),
+        (
+            "hot refit total, pinned, median / p90 (s)",
+            ("hot_total_s_median_pinned", "hot_total_s_p90_pinned"),
+        ),
         ("lock held, median (ms)", "hot_lock_ms_median"),
-        ("inference p99 idle (ms)", "infer_p99_ms_idle"),
-        ("inference p99 while refitting (ms)", "infer_p99_ms_refitting"),
+        ("inference p50 / p99 idle (ms)", ("infer_p50_ms_idle", "infer_p99_ms_idle")),
+        ("inference p50 / p99 while refitting (ms)", ("infer_p50_ms_refitting", "infer_p99_ms_refitting")),
         ("p99 refitting <= idle + lock", "p99_refitting_le_idle_plus_lock"),
-        ("failed requests", "failed_requests"),
+        ("failed requests (idle + refitting)", "failed_requests"),
         ("refits during the load phase", "refits_during_load"),
         ("refit total under load, median (s)", "refit_total_s_median_under_load"),
         ("fresh-process refit Job, wall (s)", "fresh_job_wall_s"),
         ("recompile, warm process (s)", "recompile_s"),
     ]
     for label, key in rows:
-        lines.append(f"| {label} | " + " | ".join(str(m.get(key)) for m in models.values()) + " |")
-    lines += ["", "Hot refit stages, medians (ms):", "", "| stage | " + " | ".join(models) + " |"]
-    lines.append("|---|" + "---|" * len(models))
+        keys = key if isinstance(key, tuple) else (key,)
+        cells = [" / ".join(str(m.get(k)) for k in keys) for m in models.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += render_variants(models)
+    lines += ["", "Hot refit stages, medians (ms), unpinned / pinned:", ""]
+    lines += ["| stage | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for stage in STAGES:
-        cells = [str(m.get("hot_stages_ms_median", {}).get(stage)) for m in models.values()]
+        cells = [
+            f"{m.get('hot_stages_ms_median', {}).get(stage)} / "
+            f"{m.get('hot_stages_ms_median_pinned', {}).get(stage)}"
+            for m in models.values()
+        ]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     lines += render_stages(models)
     lines += ["", "Targets (DESIGN.md):", ""]
@@ -489,15 +632,56 @@ def render(result: dict[str, Any]) -> str:
         if not target:
             continue
         total_ok = m.get("hot_total_s_median", float("inf")) <= target["hot_total_s"]
+        pinned_ok = m.get("hot_total_s_median_pinned", float("inf")) <= target["hot_total_s"]
         lock_ok = m.get("hot_lock_ms_median", float("inf")) <= target["lock_ms"]
         lines.append(
             f"- {name}: hot total {m.get('hot_total_s_median')} s vs <= {target['hot_total_s']} s "
-            f"({'met' if total_ok else 'MISSED'}); lock {m.get('hot_lock_ms_median')} ms vs <= "
+            f"({'met' if total_ok else 'MISSED'}; pinned {m.get('hot_total_s_median_pinned')} s, "
+            f"{'met' if pinned_ok else 'missed'}); lock {m.get('hot_lock_ms_median')} ms vs <= "
             f"{target['lock_ms']} ms ({'met' if lock_ok else 'MISSED'}); failed requests "
             f"{m.get('failed_requests')}; p99 while refitting <= idle p99 + lock: "
             f"{m.get('p99_refitting_le_idle_plus_lock')}"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_variants(models: dict[str, Any]) -> list[str]:
+    """The refitting phase with one thing changed."""
+    names = [n for n, m in models.items() if m.get("refitting_variants")]
+    if not names:
+        return []
+    lines = [
+        "",
+        "The refitting phase again with one thing changed (p50 / p99 / max ms; failed requests; refits):",
+        "",
+        "| variant | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    cells = [
+        f"{models[n].get('infer_p50_ms_refitting')} / {models[n].get('infer_p99_ms_refitting')} / "
+        f"{models[n].get('infer_max_ms_refitting')}; {models[n].get('failed_requests')}; "
+        f"{models[n].get('refits_during_load')}"
+        for n in names
+    ]
+    lines.append("| as served (serving stream high priority, refit work low) | " + " | ".join(cells) + " |")
+    variants_ = [v for v in models[names[0]]["refitting_variants"] if v != "error"]
+    for variant in variants_:
+        row = []
+        for name in names:
+            got = models[name]["refitting_variants"].get(variant, {})
+            row.append(
+                f"{got.get('p50_ms')} / {got.get('p99_ms')} / {got.get('max_ms')}; {got.get('failed')}; "
+                f"{got.get('refits')}"
+            )
+        lines.append(f"| {variant} | " + " | ".join(row) + " |")
+    errors = {
+        n: models[n]["refitting_variants"]["error"]
+        for n in names
+        if "error" in models[n]["refitting_variants"]
+    }
+    if errors:
+        lines += ["", f"Variant errors: {json.dumps(errors)}"]
+    return lines
 
 
 def render_stages(models: dict[str, Any]) -> list[str]:
@@ -512,11 +696,14 @@ def render_stages(models: dict[str, Any]) -> list[str]:
         "| stage | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    stages = list(models[names[0]]["load_beside_one_stage"])
+    stages = list(dict.fromkeys(k for n in names for k in models[n]["load_beside_one_stage"]))
     for stage in stages:
         cells = []
         for name in names:
             got = models[name]["load_beside_one_stage"].get(stage, {})
+            if not isinstance(got, dict):  # a failed diagnostic: its error
+                cells.append(str(got))
+                continue
             cells.append(f"{got.get('p99_ms')} / {got.get('max_ms')} ({got.get('piece_ms_median')})")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return lines

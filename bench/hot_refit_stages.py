@@ -1,14 +1,16 @@
 """Which stage of a hot refit slows inference down: the same client load as hot_refit.py's, while a
-background thread repeats ONE piece of the server's refit at a time, as ServingModel runs it:
+background thread repeats ONE piece of the server's refit at a time, as ServingModel runs it
+(serving/prepare.py, serving/streams.py):
 
-  fetch               hash the local checkpoint file (storage.fetch)
-  check               load it, check names/shapes against the program, check finiteness
-  stage               live.stage(state): plan + materialize every engine weight on the GPU
+  check               load the checkpoint file, check names/shapes against the program and finiteness (CPU)
+  stage               copy the weights to the device and live.stage them (plan + materialize every engine
+                      weight), on the low-priority refit stream
   reference           the server's reference: its own live copy of the source program on the GPU, the new
-                      weights staged and applied to it, run in IEEE fp32 (as serving/prepare.py does)
-  lock                under the server's lock: live.apply + the verification inference
-  reference_side_stream  the same reference on a CUDA stream of its own (the serving inference waits on the
-                      default stream): does moving it off the default stream help?
+                      weights (already on the device) staged and applied to it, run in IEEE fp32 on the
+                      refit stream
+  reference_equal_priority  the same, with the serving stream at the refit stream's priority (as before
+                      serving/streams.py): what the priorities buy
+  lock                under the server's lock: live.apply + the verification inference (0.1 s between holds)
 
 It reaches into ServingModel's loaded program and lock (private attributes): a measurement, not an API.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +32,22 @@ def attribute(
     import torch
     from safetensors.torch import load_file
 
+    from trtrefit.serving import streams
     from trtrefit.serving.prepare import check_finite
     from trtrefit.worker.formats import check_compatible, load_checkpoint
     from trtrefit.worker.refit import exact_fp32
-    from trtrefit.worker.storage import fetch
 
     loaded = model._loaded
     live, reference = loaded.live, loaded.reference
     device = live.device
     on_gpu = device.startswith("cuda")
 
-    def sync() -> None:
-        if on_gpu:
-            torch.cuda.synchronize()
-
     files = [root / "A.safetensors", root / "B.safetensors"]
     states = [load_file(str(f)) for f in files]
-    staged = [live.stage(s) for s in states]
+    with streams.refit_work(device):
+        on_device = [{name: t.to(device) for name, t in state.items()} for state in states]
+    staged = [live.stage(s) for s in on_device]
     turn = Turn()
-
-    def do_fetch() -> None:
-        fetch(files[turn.next()].resolve().as_uri(), root)
 
     def do_check() -> None:
         path = files[turn.next()]
@@ -59,38 +56,54 @@ def attribute(
         check_finite(checkpoint.state, "checkpoint")
 
     def do_stage() -> None:
-        live.stage(states[turn.next()])
+        with streams.refit_work(device):
+            live.stage({name: t.to(device) for name, t in states[turn.next()].items()})
 
     def do_reference() -> None:
-        with exact_fp32(device):
-            reference.apply(reference.stage(states[turn.next()]))
+        with streams.refit_work(device), exact_fp32(device):
+            reference.apply(reference.stage(on_device[turn.next()]))
             outputs = reference.infer(inputs)
-        sync()
         del outputs
 
     def do_lock() -> None:
         with model._lock:
             live.apply(staged[turn.next()])
             outputs = live.infer(inputs)
-            sync()
+            if on_gpu:
+                torch.cuda.synchronize()
             del outputs
 
-    stream = torch.cuda.Stream() if on_gpu else None  # type: ignore[no-untyped-call]
-
-    def do_reference_side() -> None:
-        side = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-        with side:
-            do_reference()
-
-    pieces = {
-        "fetch": do_fetch,
-        "check": do_check,
-        "stage": do_stage,
-        "reference": do_reference,
-        "lock": do_lock,
-        "reference_side_stream": do_reference_side,
+    found = {
+        "check": load(do_check, 0.0),
+        "stage": load(do_stage, 0.0),
+        "reference": load(do_reference, 0.0),
     }
-    return {name: load(piece, LOCK_SPACING_S if name == "lock" else 0.0) for name, piece in pieces.items()}
+    with equal_priority(model):
+        found["reference_equal_priority"] = load(do_reference, 0.0)
+    found["lock"] = load(do_lock, LOCK_SPACING_S)
+    return found
+
+
+@contextlib.contextmanager
+def equal_priority(model: Any) -> Iterator[None]:
+    """The serving stream at the refit stream's priority for the block (a TensorRT program on a GPU);
+    switched under the server's lock, so no request runs half on one stream and half on the other."""
+    live = model._loaded.live
+    if not hasattr(live, "use_serving_stream"):
+        yield
+        return
+    import torch
+
+    from trtrefit.serving import streams
+
+    lowest = streams.refit_stream(live.device).priority
+    with model._lock:
+        live.use_serving_stream(torch.cuda.Stream(device=torch.device(live.device), priority=lowest))
+    try:
+        yield
+    finally:
+        with model._lock:
+            live.use_serving_stream(streams.serving_stream(live.device))
 
 
 class Turn:

@@ -2,6 +2,12 @@
 the verification inputs, check names, shapes, dtypes and finiteness, stage the weights on the device and
 compute the reference outputs (the source program with the new weights, IEEE fp32).
 
+A PINNED checkpoint is hashed and compared before anything parses it. An unpinned local one is only
+reported, so its digest is computed on a thread of its own while it is parsed, checked and staged, and
+waited for before the lock (storage.PendingDigest says what that cannot detect). On a GPU the weights go
+to the device once, on the low-priority refit stream (serving/streams.py), for both the engines' staging
+and the reference.
+
 Nothing here touches what serves; every problem is a WorkerError naming the file and the problem.
 """
 
@@ -14,16 +20,26 @@ from typing import TYPE_CHECKING
 
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest
+from trtrefit.serving import streams
 from trtrefit.worker import programs
 from trtrefit.worker.errors import WorkerError
-from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
+from trtrefit.worker.formats import check_compatible, load_checkpoint
 from trtrefit.worker.inputs import generate, input_specs, load_inputs
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.refit import exact_fp32
-from trtrefit.worker.storage import DEFAULT_MAX_BYTES, Fetched, Retry, Wanted, fetch_all
+from trtrefit.worker.storage import (
+    DEFAULT_MAX_BYTES,
+    Fetched,
+    PendingDigest,
+    Retry,
+    Wanted,
+    digest_later,
+    fetch_all,
+)
 
 if TYPE_CHECKING:
     import torch
+    from torch.export import ExportedProgram
 
     from trtrefit.serving.exported import ExportedLive
     from trtrefit.serving.live import LiveProgram, Staged
@@ -52,7 +68,6 @@ def prepare(
     still names the bytes it read; a failed fetch is a plain WorkerError."""
     with progress.stage("fetch"):
         checkpoint_file, inputs_file = _fetch(request, workdir)
-    digest = CheckpointDigest(uri=checkpoint_file.uri, sha256=checkpoint_file.sha256)
     try:
         with progress.stage("check"):
             label = f"checkpoint {request.checkpoint.uri}"
@@ -60,12 +75,18 @@ def prepare(
             check_compatible(live.expected_weights(), checkpoint.state, label)
             check_finite(checkpoint.state, label)
             inputs = _inputs(request, inputs_file)
-        with progress.stage("stage"):
-            staged = live.stage(checkpoint.state)
-        with progress.stage("reference"):
-            expected = _expected_outputs(reference, checkpoint, inputs, request, live.device)
+        with progress.stage("stage"), streams.refit_work(live.device):
+            # One copy to the device, shared by the engines' staging and the reference (read-only in both).
+            weights = {name: t.to(live.device) for name, t in checkpoint.state.items()}
+            staged = live.stage(weights)
+        with progress.stage("reference"), streams.refit_work(live.device):
+            expected = _expected_outputs(
+                reference, weights, checkpoint.program, inputs, request=request, device=live.device
+            )
     except WorkerError as exc:
-        raise PrepareError(exc.message, digest) from exc
+        raise PrepareError(exc.message, _digest_if_known(checkpoint_file)) from exc
+    with progress.stage("digest"):  # the wait for an unpinned checkpoint's digest; 0 when pinned
+        digest = _digest(checkpoint_file)
     return Prepared(digest, staged, inputs, expected)
 
 
@@ -77,14 +98,37 @@ class PrepareError(WorkerError):
         self.checkpoint = checkpoint
 
 
-def _fetch(request: RefitRequest, workdir: Path) -> tuple[Fetched, Fetched | None]:
-    """The checkpoint and the inputs file, bounded like a Job's downloads; the first failure stops both."""
-    wanted = {"checkpoint": Wanted(request.checkpoint.uri, request.checkpoint.sha256)}
+def _fetch(request: RefitRequest, workdir: Path) -> tuple[Fetched | PendingDigest, Fetched | None]:
+    """The checkpoint and the inputs file, bounded like a Job's downloads; the first failure stops both.
+    An unpinned local checkpoint comes back at once, its digest still being computed."""
+    limit = request.max_artifact_bytes or DEFAULT_MAX_BYTES
+    pending = None
+    if request.checkpoint.sha256 is None:
+        pending = digest_later(request.checkpoint.uri, max_bytes=limit)
+    wanted = {}
+    if pending is None:
+        wanted["checkpoint"] = Wanted(request.checkpoint.uri, request.checkpoint.sha256)
     if request.verify.inputs is not None:
         wanted["inputs"] = Wanted(request.verify.inputs.uri, request.verify.inputs.sha256)
-    limit = request.max_artifact_bytes or DEFAULT_MAX_BYTES
-    fetched = fetch_all(wanted, workdir, FETCH_RETRY, max_bytes=limit)
-    return fetched["checkpoint"], fetched.get("inputs")
+    try:
+        fetched = fetch_all(wanted, workdir, FETCH_RETRY, max_bytes=limit)
+    except BaseException:
+        if pending is not None:
+            _digest_if_known(pending)  # no digest left running behind a failed refit
+        raise
+    return pending or fetched["checkpoint"], fetched.get("inputs")
+
+
+def _digest(file: Fetched | PendingDigest) -> CheckpointDigest:
+    done = file.result() if isinstance(file, PendingDigest) else file
+    return CheckpointDigest(uri=done.uri, sha256=done.sha256)
+
+
+def _digest_if_known(file: Fetched | PendingDigest) -> CheckpointDigest | None:
+    try:
+        return _digest(file)
+    except WorkerError:
+        return None
 
 
 def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
@@ -109,8 +153,10 @@ def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor
 
 def _expected_outputs(
     reference: ExportedLive | None,
-    checkpoint: Checkpoint,
+    weights: Mapping[str, torch.Tensor],
+    program: ExportedProgram | None,
     inputs: list[torch.Tensor],
+    *,
     request: RefitRequest,
     device: str,
 ) -> list[torch.Tensor]:
@@ -119,10 +165,10 @@ def _expected_outputs(
     try:
         with exact_fp32(device):
             if reference is not None:
-                reference.apply(reference.stage(checkpoint.state))
+                reference.apply(reference.stage(weights))
                 return reference.infer(inputs)
-            if checkpoint.program is not None:
-                program = programs.to_device(checkpoint.program, device)
+            if program is not None:
+                program = programs.to_device(program, device)
                 return programs.run(program, [t.to(device) for t in inputs])
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
         shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)

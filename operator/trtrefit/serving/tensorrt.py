@@ -12,7 +12,9 @@ Weights the program runs in PyTorch (ops between engines of a partitioned progra
 the loaded module names them under their partition (`_run_on_gpu_3.W` for the checkpoint's `W`).
 
 `stage` does everything slow (check, plan with the worker's `trt_plan`, materialize every engine weight
-on the GPU) while the old weights serve; `apply` only hands TensorRT pointers and refits.
+on the GPU) while the old weights serve, on the low-priority refit stream; `apply` only hands TensorRT
+pointers and refits. Inference, the engines included, runs on the high-priority serving stream
+(serving/streams.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trtrefit.serving import streams
 from trtrefit.worker import programs
 from trtrefit.worker.backends.tensorrt import (
     FastPathError,
@@ -87,7 +90,7 @@ class TensorRTLive:
             raise WorkerError(f"engine {label}: a TensorRT program needs a CUDA device (got {device!r})")
         self.device = device
         self._label = label
-        self._staging = torch.cuda.Stream(device=torch.device(device))  # type: ignore[no-untyped-call]
+        self._serving = streams.serving_stream(device)
         self._trt = tensorrt_module()
         from torch_tensorrt.logging import TRT_LOGGER
 
@@ -123,14 +126,12 @@ class TensorRTLive:
                 count = f"{len(plan.unresolved)} of {len(engine.names)} weights of {engine.entry.name}"
                 raise WorkerError(f"engine {self._label}: {count} have no source, e.g. '{name}': {why}")
             try:
-                # A stream of its own: inference waits on the default stream, never behind these copies.
-                with torch.cuda.stream(self._staging):
+                with streams.refit_work(self.device):  # below the serving stream's priority
                     engines.append(materialize_planned(engine.prototypes, plan, state, self.device))
             except FastPathError as exc:
                 raise WorkerError(f"engine {self._label}: {engine.entry.name}: {exc}") from exc
-        with torch.cuda.stream(self._staging):
+        with streams.refit_work(self.device):
             torch_side = self._stage_torch_side(state)
-        self._staging.synchronize()
         return TensorRTStaged(id(self), tuple(engines), torch_side)
 
     def current(self) -> TensorRTStaged:
@@ -161,11 +162,28 @@ class TensorRTLive:
         self._current = staged
 
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Runs on the serving stream; the outputs are safe to use on the caller's stream."""
         from torch.utils import _pytree
 
+        serving = self._serving
+        caller = torch.cuda.current_stream(torch.device(self.device))
+        serving.wait_stream(caller)  # inputs the caller made on its stream are ready first
         with torch.inference_mode():
-            result = self._module(*(t.to(self.device) for t in inputs))
-        return [leaf for leaf in _pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
+            with torch.cuda.stream(serving):
+                result = self._module(*(t.to(self.device) for t in inputs))
+            outputs = [leaf for leaf in _pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
+            caller.wait_stream(serving)
+            for output in outputs:
+                if output.is_cuda:  # its memory is not reused before the caller is done with it
+                    output.record_stream(caller)
+        return outputs
+
+    def use_serving_stream(self, stream: torch.cuda.Stream) -> None:
+        """Run inference and every engine on `stream` (the bench compares priorities with this). Caller
+        holds the lock inference takes."""
+        self._serving = stream
+        for engine in self._engines:
+            engine.module._engine_stream = stream
 
     # -- what the bench and the tests look at ---------------------------------------------------------
 
@@ -254,6 +272,9 @@ class TensorRTLive:
             )
         if module.engine is None:
             raise WorkerError(f"engine {self._label}: TensorRT could not deserialize {entry.name}")
+        # PythonTorchTensorRTModule runs the engine on a stream it creates itself (default priority) unless
+        # this is already set to a stream other than the default one: the serving stream.
+        module._engine_stream = self._serving
         refitter = self._trt.Refitter(module.engine, self._logger)
         names = list(refitter.get_all_weights())
         if not names:

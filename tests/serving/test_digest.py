@@ -1,0 +1,111 @@
+"""The checkpoint's digest in a hot refit: an unpinned local checkpoint is hashed on a thread of its own
+while it is parsed and staged, and the result still carries the real sha256 of its bytes; a pinned one is
+checked before anything parses it; a file that changes while it is read is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serving.conftest import Bundle
+from trtrefit.api.result import Outcome
+from trtrefit.serving.service import ServingModel
+from trtrefit.worker.errors import WorkerError
+from trtrefit.worker.storage import HASH_BUFFER_BYTES, PendingDigest, digest_later, hash_file
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def model(bundle: Bundle, tmp_path: Path) -> Iterator[ServingModel]:
+    serving = ServingModel("cnn", tmp_path)
+    result = serving.start(bundle.request("a", key="aaaa0000"))
+    assert result.outcome == Outcome.PASSED, result.message
+    yield serving
+
+
+def test_unpinned_refit_reports_the_real_digest(model: ServingModel, bundle: Bundle) -> None:
+    result = model.refit(bundle.request("b", key="bbbb0000"))
+    assert result.outcome == Outcome.PASSED, result.message
+    real = sha256_of(bundle.checkpoints["b"])
+    assert result.checkpoint is not None and result.checkpoint.sha256 == real
+    state = model.state()
+    assert state.checkpoint is not None and state.checkpoint.sha256 == real
+    assert "digest" in result.timings
+
+
+def test_pinned_refit_passes_with_the_right_digest(model: ServingModel, bundle: Bundle) -> None:
+    real = sha256_of(bundle.checkpoints["b"])
+    result = model.refit(bundle.request("b", key="bbbb0000", checkpoint__sha256=real))
+    assert result.outcome == Outcome.PASSED, result.message
+    assert result.checkpoint is not None and result.checkpoint.sha256 == real
+    assert result.timings["digest"] < 0.01  # nothing left to wait for: hashed before parsing
+
+
+def test_pinned_mismatch_is_refused_before_the_file_is_parsed(
+    model: ServingModel, bundle: Bundle, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00not a safetensors file" * 1000)
+    # Unpinned, the same bytes are parsed, refused for what they are, and still named by their digest.
+    unpinned = model.refit(bundle.request(garbage.as_uri()))
+    assert unpinned.outcome == Outcome.ERROR
+    assert "does not match the pinned" not in unpinned.message
+    assert unpinned.checkpoint is not None and unpinned.checkpoint.sha256 == sha256_of(garbage)
+    # Pinned to other bytes: the digest refuses them, so the parser never saw them.
+    pinned = model.refit(bundle.request(garbage.as_uri(), checkpoint__sha256="0" * 64))
+    assert pinned.outcome == Outcome.ERROR
+    assert "does not match the pinned" in pinned.message, pinned.message
+    assert pinned.message != unpinned.message
+    state = model.state()
+    assert state.checkpoint is not None and state.checkpoint.key == "aaaa0000"
+
+
+def test_hash_file_is_sha256_of_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(2 * HASH_BUFFER_BYTES + 12345))  # several reads, the last one short
+    assert hash_file(path) == (sha256_of(path), path.stat().st_size)
+
+
+@pytest.mark.parametrize("change", ["rewritten", "touched", "replaced", "removed"])
+def test_a_file_that_changes_while_it_is_hashed_is_refused(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(os.urandom(HASH_BUFFER_BYTES))
+    pending = digest_later(path.as_uri())
+    assert isinstance(pending, PendingDigest)
+    # result() compares the file's identity at the start with the one at the join, after any parse.
+    if change == "rewritten":
+        path.write_bytes(os.urandom(HASH_BUFFER_BYTES + 1))
+    elif change == "touched":
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    elif change == "replaced":
+        other = tmp_path / "other"
+        other.write_bytes(path.read_bytes())
+        os.utime(other, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+        other.replace(path)  # same bytes and mtime, another inode
+    else:
+        path.unlink()  # before or after the thread opened it: either way refused
+    says = "changed while it was being read" + ("|reading it failed" if change == "removed" else "")
+    with pytest.raises(WorkerError, match=says):
+        pending.result()
+
+
+def test_an_unchanged_file_gives_its_digest_and_other_uris_are_fetched(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(os.urandom(1000))
+    pending = digest_later(str(path))
+    assert pending is not None
+    done = pending.result()
+    assert (done.sha256, done.size, done.path) == (sha256_of(path), 1000, path)
+    assert digest_later("http://127.0.0.1:9/ckpt.safetensors") is None
+    with pytest.raises(WorkerError, match="not found"):
+        digest_later((tmp_path / "nope").as_uri())
+    with pytest.raises(WorkerError, match="over the 10-byte limit"):
+        digest_later(path.as_uri(), max_bytes=10)
