@@ -143,7 +143,7 @@ def wait_job(
     def found() -> client.V1Job | None:
         jobs = refit_jobs(api, namespace)
         if checkpoint is not None:
-            jobs = [j for j in jobs if checkpoint in j.spec.template.spec.containers[0].args]
+            jobs = [j for j in jobs if job_request(j.spec.template.spec).checkpoint.uri == checkpoint]
         return jobs[0] if len(jobs) == 1 else None
 
     job: client.V1Job = wait_for(found, timeout=timeout, what=f"one refit Job in {namespace} ({checkpoint})")
@@ -178,12 +178,17 @@ def finish_pod(api: client.ApiClient, pod: client.V1Pod, message: str, code: int
     write_terminated(client.CoreV1Api(api), pod, started, code, message)
 
 
+def job_request(pod_spec: client.V1PodSpec) -> RefitRequest:
+    """The RefitRequest of a refit pod's `refit --request JSON` arguments."""
+    args: list[str] = pod_spec.containers[0].args
+    return RefitRequest.model_validate_json(args[args.index("--request") + 1])
+
+
 def publish_arg(pod: client.V1Pod) -> str:
-    """The publish prefix of the RefitRequest in the pod's `refit --request JSON` arguments."""
-    args: list[str] = pod.spec.containers[0].args
-    request = RefitRequest.model_validate_json(args[args.index("--request") + 1])
-    assert request.publish is not None
-    return request.publish.uri
+    """The publish prefix of the refit pod's request."""
+    publish = job_request(pod.spec).publish
+    assert publish is not None
+    return publish.uri
 
 
 def passed(pod: client.V1Pod, digest: str = "a" * 64) -> RefitResult:

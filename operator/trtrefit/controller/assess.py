@@ -16,6 +16,7 @@ from trtrefit.controller.outcome import RefitObservation, refit_record
 class Step(StrEnum):
     NEEDS_JOB = "NeedsJob"
     NO_WORKER_IMAGE = "NoWorkerImage"
+    JOB_NOT_ALLOWED = "RefitJobNotAllowed"
     JOB_BLOCKED = "JobBlocked"
     JOB_REFUSED = "JobRefused"
     REFITTING = "Refitting"
@@ -38,6 +39,7 @@ class Observed:
     refit: RefitObservation
     deployment: DeploymentView | None
     has_worker_image: bool = True
+    not_allowed: str = ""  # why the operator's allowlists refuse the refit Job this spec asks for
     job_blocked: str = ""  # why the Job could not be created yet (its name is taken, a quota): retried
     job_refused: str = ""  # why the API server refused the Job (invalid): needs a spec change
 
@@ -93,7 +95,9 @@ def _refit_step(observed: Observed) -> Step:
         return Step.JOB_REFUSED
     if observed.job_blocked:
         return Step.JOB_BLOCKED
-    return Step.NEEDS_JOB if observed.has_worker_image else Step.NO_WORKER_IMAGE
+    if not observed.has_worker_image:
+        return Step.NO_WORKER_IMAGE
+    return Step.JOB_NOT_ALLOWED if observed.not_allowed else Step.NEEDS_JOB
 
 
 def revert_target(

@@ -9,24 +9,38 @@ from dataclasses import dataclass
 WORKER_IMAGE_ENV = "TRTREFIT_WORKER_IMAGE"
 WORKER_COMMAND_ENV = "TRTREFIT_WORKER_COMMAND"
 GPU_RESOURCE_ENV = "TRTREFIT_GPU_RESOURCE"
+ALLOWED_IMAGES_ENV = "TRTREFIT_ALLOWED_IMAGES"
+ALLOWED_SERVICE_ACCOUNTS_ENV = "TRTREFIT_ALLOWED_SERVICE_ACCOUNTS"
+ANY = "*"
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     """`worker_image` is the refit Job's image unless spec.refitJob.image is set; `worker_command` is the
-    entrypoint before `refit <flags>`; `gpu_resource` is the extended resource a GPU is requested as."""
+    entrypoint before `refit <flags>`; `gpu_resource` is the extended resource a GPU is requested as.
+    `allowed_images` (image prefixes) and `allowed_service_accounts` (names) bound what a TRTModel may ask
+    its refit Job to run as; empty allows anything (the chart always sets both)."""
 
     worker_image: str | None = None
     worker_command: tuple[str, ...] = ("trtrefit",)
     gpu_resource: str = "nvidia.com/gpu"
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
-        """Read TRTREFIT_WORKER_IMAGE, TRTREFIT_WORKER_COMMAND (shell words), TRTREFIT_GPU_RESOURCE."""
+        """Read TRTREFIT_WORKER_IMAGE, TRTREFIT_WORKER_COMMAND (shell words), TRTREFIT_GPU_RESOURCE and the
+        comma-separated TRTREFIT_ALLOWED_IMAGES / TRTREFIT_ALLOWED_SERVICE_ACCOUNTS."""
         default = cls()
         command = tuple(shlex.split(env.get(WORKER_COMMAND_ENV, ""))) or default.worker_command
         return cls(
             worker_image=env.get(WORKER_IMAGE_ENV) or None,
             worker_command=command,
             gpu_resource=env.get(GPU_RESOURCE_ENV) or default.gpu_resource,
+            allowed_images=_words(env.get(ALLOWED_IMAGES_ENV, "")),
+            allowed_service_accounts=_words(env.get(ALLOWED_SERVICE_ACCOUNTS_ENV, "")),
         )
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(word for word in (part.strip() for part in text.split(",")) if word)

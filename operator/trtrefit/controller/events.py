@@ -17,7 +17,13 @@ from trtrefit.controller.plan import Action, CreateJob, DeleteJob, Revert, RollO
 
 NORMAL, WARNING = "Normal", "Warning"
 # Stalled reasons that no refit or rollout Event already explains.
-_STALLED_ALONE = (Step.NO_WORKER_IMAGE, Step.JOB_REFUSED, Step.NO_DEPLOYMENT, Step.NO_CONTAINER)
+_STALLED_ALONE = (
+    Step.NO_WORKER_IMAGE,
+    Step.JOB_NOT_ALLOWED,
+    Step.JOB_REFUSED,
+    Step.NO_DEPLOYMENT,
+    Step.NO_CONTAINER,
+)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def step_message(
             f"no worker image for the refit of checkpoint {checkpoint}: set spec.refitJob.image or the "
             f"operator's {WORKER_IMAGE_ENV}"
         ),
+        Step.JOB_NOT_ALLOWED: f"no refit Job for checkpoint {checkpoint}: {observed.not_allowed}",
         Step.JOB_BLOCKED: f"refit of checkpoint {checkpoint} waits: {observed.job_blocked}",
         Step.JOB_REFUSED: f"the API server refused the refit Job: {observed.job_refused}",
         Step.REFITTING: f"refit Job {job} is running for checkpoint {checkpoint}{detail}",

@@ -31,6 +31,7 @@ from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pod
 from trtrefit.controller.patches import merge_patch
 from trtrefit.controller.plan import plan
 from trtrefit.controller.pods import PodClient
+from trtrefit.controller.policy import refit_job_violation
 from trtrefit.controller.status import compute_status, invalid_spec_status
 
 
@@ -77,7 +78,9 @@ def observe(cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: Op
     serving = model.spec.serving
     found = cluster.get_deployment(namespace, serving.deployment_name)
     deployment = DeploymentView.of(found, serving) if found is not None else None
-    return Observed(jobs, refit, deployment, has_worker_image=worker_image(model, config) is not None)
+    image = worker_image(model, config)
+    not_allowed = refit_job_violation(model, image, config)
+    return Observed(jobs, refit, deployment, has_worker_image=image is not None, not_allowed=not_allowed)
 
 
 def reconcile(

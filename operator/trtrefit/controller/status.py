@@ -44,6 +44,7 @@ class Row:
 _ROWS: dict[Step, Row] = {
     Step.NEEDS_JOB: Row(Phase.PENDING, True, False, c.U, c.WAITING_FOR_REFIT),
     Step.NO_WORKER_IMAGE: Row(Phase.PENDING, False, True, c.U, c.WAITING_FOR_REFIT),
+    Step.JOB_NOT_ALLOWED: Row(Phase.PENDING, False, True, c.U, c.WAITING_FOR_REFIT),
     Step.JOB_BLOCKED: Row(Phase.PENDING, True, False, c.U, c.WAITING_FOR_REFIT),
     Step.JOB_REFUSED: Row(Phase.PENDING, False, True, c.U, c.WAITING_FOR_REFIT),
     Step.REFITTING: Row(Phase.REFITTING, True, False, c.U, c.WAITING_FOR_REFIT),
