@@ -119,7 +119,21 @@ def make_bundle(out: Path) -> dict[str, Path]:
             ],
             quiet=True,
         )
+    files["overflow"] = write_overflow(files["step-1"], out / "bundle" / "overflow.safetensors")
     return files
+
+
+def write_overflow(good: Path, out: Path) -> Path:
+    """Finite weights whose outputs overflow float32 (the head's weights at 3e38): no check before the refit
+    can tell, only verification does; a serving pod applies them, fails verification and rolls back."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(good))
+    head = [name for name, tensor in state.items() if tensor.dim() == 2][-1]
+    state[head] = torch.full_like(state[head], 3e38)
+    save_file(state, str(out))
+    return out
 
 
 def upload(endpoint: str, bundle: Path, checkpoints: dict[str, Path]) -> None:
@@ -482,8 +496,10 @@ def report(api: client.ApiClient, cluster: LocalCluster, final: dict[str, Any], 
   kubectl get pods -n demo -o wide
   # a checkpoint whose shapes do not match the engine: Failed and Stalled, serving untouched
   {patch % "s3://ckpt/demo/wrong-shape.safetensors"}
-  # a checkpoint with non-finite weights: Verified=False with the numbers, serving untouched
+  # a checkpoint with non-finite weights: refused before any weight moves, serving untouched
   {patch % "s3://ckpt/demo/nonfinite.safetensors"}
+  # finite weights whose outputs overflow: Verified=False with the numbers; InPlace: the canary rolled back
+  {patch % "s3://ckpt/demo/overflow.safetensors"}
   # recover with a good one
   {patch % FIRST}
   logs: {STATE / "logs"} (operator, fakekubelet, s3, pods/) and {STATE / "cluster" / "logs"}

@@ -37,7 +37,8 @@ from trtrefit.api.serving import DESIRED_KEY, ServingState
 pytestmark = pytest.mark.e2e
 
 NAME, APP = "demo", "demo-server"
-NONFINITE, WRONG_SHAPE = "s3://ckpt/demo/nonfinite.safetensors", "s3://ckpt/demo/wrong-shape.safetensors"
+OVERFLOW, NONFINITE = "s3://ckpt/demo/overflow.safetensors", "s3://ckpt/demo/nonfinite.safetensors"
+WRONG_SHAPE = "s3://ckpt/demo/wrong-shape.safetensors"
 
 
 def _setup(api: client.ApiClient, namespace: str, replicas: int = 3) -> None:
@@ -134,6 +135,27 @@ def test_a_bump_reaches_every_replica_in_place_with_no_restart_and_no_failed_req
     assert _desired_in_config_map(kube_api, namespace).checkpoint.uri == SECOND
 
 
+def _only_the_canary_tried(
+    api: client.ApiClient,
+    namespace: str,
+    *,
+    bad: str,
+    canary: str,
+    served_before: dict[str, Any],
+    outcome: str,
+) -> None:
+    """Every pod still serves what it served; the canary alone reports a refit to `bad`, with `outcome`."""
+    states = _states(api, namespace)
+    assert {n: s.checkpoint for n, s in states.items() if s} == served_before, describe(states)
+    for name, state in states.items():
+        assert state is not None and state.ready, describe(states)
+        last = state.last_refit
+        tried = last is not None and last.checkpoint is not None and last.checkpoint.uri == bad
+        assert tried == (name == canary), f"only the canary {canary} got {bad}:\n{describe(states)}"
+        if name == canary:
+            assert last is not None and last.outcome == outcome, last
+
+
 def test_a_bad_checkpoint_rolls_the_canary_back_and_leaves_the_others_and_traffic_untouched(
     *,
     kube_api: client.ApiClient,
@@ -148,8 +170,9 @@ def test_a_bad_checkpoint_rolls_the_canary_back_and_leaves_the_others_and_traffi
     served_before = {n: s.checkpoint for n, s in _states(kube_api, namespace).items() if s}
     load.start().wait_answers(30)
 
-    # Non-finite weights: the canary refits, its verification fails, it puts the old weights back.
-    patch_spec(kube_api, namespace, {"checkpoint": {"uri": NONFINITE}}, name=NAME)
+    # Finite weights whose outputs overflow: the canary applies them, fails verification, puts the old
+    # weights back under the same lock; no request sees them, no other pod gets the request.
+    patch_spec(kube_api, namespace, {"checkpoint": {"uri": OVERFLOW}}, name=NAME)
     status = wait_phase(kube_api, namespace, "Failed", timeout=120, name=NAME)
     model = get_model(kube_api, namespace, NAME)
     assert condition(model, "Stalled")["status"] == "True"
@@ -157,23 +180,29 @@ def test_a_bad_checkpoint_rolls_the_canary_back_and_leaves_the_others_and_traffi
     assert condition(model, "Ready")["status"] == "False"
     assert status["lastRefit"]["verification"]["passed"] is False
     canary = status["lastRefit"]["canary"]
-    states = _states(kube_api, namespace)
-    assert {n: s.checkpoint for n, s in states.items() if s} == served_before, describe(states)
-    for name, state in states.items():
-        assert state is not None and state.ready
-        tried = state.last_refit is not None and state.last_refit.checkpoint is not None
-        tried = tried and state.last_refit.checkpoint.uri == NONFINITE  # type: ignore[union-attr]
-        assert tried == (name == canary), f"only the canary {canary} got the request:\n{describe(states)}"
-    assert states[canary].last_refit.outcome == "verification_failed"  # type: ignore[union-attr]
-    warnings = [m for _, r, m in wait_events(kube_api, namespace, "VerificationFailed", name=NAME)]
-    assert warnings
+    _only_the_canary_tried(
+        kube_api,
+        namespace,
+        bad=OVERFLOW,
+        canary=canary,
+        served_before=served_before,
+        outcome="verification_failed",
+    )
+    assert [
+        m
+        for _, r, m in wait_events(kube_api, namespace, "VerificationFailed", name=NAME)
+        if r == "VerificationFailed"
+    ]
 
-    # A checkpoint of the wrong shape: refused before any weight moves; serving untouched again.
-    patch_spec(kube_api, namespace, {"checkpoint": {"uri": WRONG_SHAPE}}, name=NAME)
-    wait_phase(kube_api, namespace, "Failed", timeout=120, name=NAME)
-    assert condition(get_model(kube_api, namespace, NAME), "Stalled")["status"] == "True"
-    states = _states(kube_api, namespace)
-    assert {n: s.checkpoint for n, s in states.items() if s} == served_before, describe(states)
+    # Non-finite weights, then a wrong shape: refused before any weight moves; serving untouched again.
+    for bad in (NONFINITE, WRONG_SHAPE):
+        patch_spec(kube_api, namespace, {"checkpoint": {"uri": bad}}, name=NAME)
+        status = wait_phase(kube_api, namespace, "Failed", timeout=120, name=NAME)
+        assert condition(get_model(kube_api, namespace, NAME), "Stalled")["status"] == "True"
+        canary = status["lastRefit"]["canary"]
+        _only_the_canary_tried(
+            kube_api, namespace, bad=bad, canary=canary, served_before=served_before, outcome="error"
+        )
 
     load.wait_answers(30)
     assert load.failures == [], load.failures[:5]
