@@ -40,6 +40,14 @@ GPU_NODES = {
     "gpu-h100-0": "NVIDIA-H100-80GB-HBM3",
     "gpu-a100-0": "NVIDIA-A100-SXM4-80GB",
 }
+# Refit pods request their scratch volume as ephemeral-storage: the fake nodes have room for many.
+NODE_CAPACITY = {
+    "cpu": "64",
+    "memory": "512Gi",
+    "ephemeral-storage": "2Ti",
+    "pods": "1000",
+    "nvidia.com/gpu": "8",
+}
 
 
 class ClusterError(RuntimeError):
@@ -521,10 +529,7 @@ class LocalCluster:
                         "nvidia.com/gpu.product": product,
                     },
                 },
-                "status": {
-                    "capacity": {"cpu": "64", "memory": "512Gi", "pods": "1000", "nvidia.com/gpu": "8"},
-                    "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "1000", "nvidia.com/gpu": "8"},
-                },
+                "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_CAPACITY},
             }
             try:
                 self.request("POST", "/api/v1/nodes", node)

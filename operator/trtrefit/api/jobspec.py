@@ -18,6 +18,7 @@ from trtrefit.api.base import (
     cel,
     list_map,
 )
+from trtrefit.api.quantity import BYTE_SIZE_PATTERN
 
 Quantity = schema.IntOrString
 
@@ -239,6 +240,16 @@ class RefitJobSpec(Model):
     )
     active_deadline_seconds: int = Field(
         default=3600, description="The refit Job fails when it runs longer than this.", ge=1
+    )
+    max_artifact_size: schema.Optional[str] = Field(
+        default=None,
+        description=(
+            "Largest file the refit downloads, a quantity such as 20Gi; the operator's default "
+            "(refit.maxArtifactSize) when unset. The pod's scratch volume is 4x this (engine, source, "
+            "checkpoint and the refitted program), as its emptyDir sizeLimit and ephemeral-storage request."
+        ),
+        pattern=BYTE_SIZE_PATTERN,
+        max_length=32,
     )
     ttl_seconds_after_finished: int = Field(
         default=3600,

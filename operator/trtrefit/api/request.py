@@ -68,9 +68,12 @@ class RefitRequest(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True)
 
 
-def refit_request(spec: TRTModelSpec, key: str | None = None) -> RefitRequest:
+def refit_request(
+    spec: TRTModelSpec, key: str | None = None, max_artifact_bytes: int | None = None
+) -> RefitRequest:
     """The refit a TRTModel spec asks for."""
     return RefitRequest(
+        max_artifact_bytes=max_artifact_bytes,
         key=key,
         engine=spec.engine,
         source=spec.source,

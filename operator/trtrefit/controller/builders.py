@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trtrefit.api.jobspec import Device, RefitJobSpec
+from trtrefit.api.quantity import byte_size, quantity
 from trtrefit.api.request import refit_request
 from trtrefit.api.spec import TRTModelSpec
 from trtrefit.api.status import Digest, ServingStatus
@@ -35,9 +36,21 @@ Manifest = dict[str, Any]
 VERIFICATION_FAILED_EXIT_CODE = 2  # the worker's exit code when the outputs miss the tolerances
 
 
-def worker_args(spec: TRTModelSpec, key: str) -> list[str]:
+def worker_args(spec: TRTModelSpec, key: str, max_artifact_bytes: int | None = None) -> list[str]:
     """`refit --request <RefitRequest JSON>`: the worker's command line for this spec."""
-    return ["refit", "--request", refit_request(spec, key).wire()]
+    return ["refit", "--request", refit_request(spec, key, max_artifact_bytes).wire()]
+
+
+SCRATCH_ARTIFACTS = 4  # engine, source, checkpoint and the refitted program share the scratch volume
+
+
+def max_artifact_bytes(job: RefitJobSpec, config: OperatorConfig) -> int:
+    """The per-artifact download cap: the spec's, else the operator's (both validated quantities)."""
+    text = job.max_artifact_size or config.max_artifact_size
+    size = byte_size(text)
+    if size is None:  # the CRD's pattern and the config's check make this unreachable
+        raise ValueError(f"max artifact size {text!r} is not a byte quantity")
+    return size
 
 
 def refit_labels(model: TRTModel, key: str) -> dict[str, str]:
@@ -63,9 +76,11 @@ def owner_reference(model: TRTModel) -> Manifest:
     }
 
 
-def _resources(job: RefitJobSpec, gpu_resource: str) -> Manifest:
+def _resources(job: RefitJobSpec, gpu_resource: str, scratch_bytes: int) -> Manifest:
     limits = dict(job.resources.limits)
     requests = dict(job.resources.requests)
+    # Scheduled where the downloads fit; a user's own ephemeral-storage request wins.
+    requests.setdefault("ephemeral-storage", quantity(scratch_bytes))
     gpus = job.gpus if job.gpus is not None else (0 if job.device is Device.CPU else 1)
     if gpus > 0:
         limits[gpu_resource] = str(gpus)
@@ -77,16 +92,20 @@ def _resources(job: RefitJobSpec, gpu_resource: str) -> Manifest:
 SCRATCH_VOLUME = "scratch"  # the refit pod's /tmp: downloads and the refitted program before upload
 
 
+def scratch_bytes(job: RefitJobSpec, config: OperatorConfig) -> int:
+    return SCRATCH_ARTIFACTS * max_artifact_bytes(job, config)
+
+
 def _container(model: TRTModel, key: str, image: str, config: OperatorConfig) -> Manifest:
     job = model.spec.refit_job
     container: Manifest = {
         "name": WORKER_CONTAINER,
         "image": image,
         "command": list(job.command or config.worker_command),
-        "args": worker_args(model.spec, key),
+        "args": worker_args(model.spec, key, max_artifact_bytes(job, config)),
         "env": [env.wire() for env in job.env],
         "envFrom": [source.wire() for source in job.env_from],
-        "resources": _resources(job, config.gpu_resource),
+        "resources": _resources(job, config.gpu_resource, scratch_bytes(job, config)),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Restricted Pod Security: the worker image runs as a non-root user and writes only under /tmp.
@@ -104,13 +123,14 @@ def _container(model: TRTModel, key: str, image: str, config: OperatorConfig) ->
 
 def _pod_spec(model: TRTModel, key: str, image: str, config: OperatorConfig) -> Manifest:
     job = model.spec.refit_job
+    scratch = quantity(scratch_bytes(job, config))
     pod: Manifest = {
         "restartPolicy": "Never",
         "containers": [_container(model, key, image, config)],
         # The worker never calls the Kubernetes API: no token in the pod, whichever ServiceAccount it runs as.
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}],
+        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": scratch}}],
         "nodeSelector": dict(job.node_selector),
         "tolerations": [t.wire() for t in job.tolerations],
     }

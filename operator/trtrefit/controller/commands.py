@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,11 @@ def run_operator(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     if args.kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(args.kubeconfig)  # for kopf's own login, the same credentials as ours
-    config = OperatorConfig.from_env(os.environ)
+    try:
+        config = OperatorConfig.from_env(os.environ)
+    except ValueError as exc:
+        print(f"trtrefit operator: {exc}", file=sys.stderr)
+        return 2
     if args.worker_image:
         config = dataclasses.replace(config, worker_image=args.worker_image)
     api = _api_client(args.kubeconfig)

@@ -6,9 +6,12 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from trtrefit.api.quantity import byte_size
+
 WORKER_IMAGE_ENV = "TRTREFIT_WORKER_IMAGE"
 WORKER_COMMAND_ENV = "TRTREFIT_WORKER_COMMAND"
 GPU_RESOURCE_ENV = "TRTREFIT_GPU_RESOURCE"
+MAX_ARTIFACT_SIZE_ENV = "TRTREFIT_MAX_ARTIFACT_SIZE"
 ALLOWED_IMAGES_ENV = "TRTREFIT_ALLOWED_IMAGES"
 ALLOWED_SERVICE_ACCOUNTS_ENV = "TRTREFIT_ALLOWED_SERVICE_ACCOUNTS"
 ANY = "*"
@@ -24,6 +27,7 @@ class OperatorConfig:
     worker_image: str | None = None
     worker_command: tuple[str, ...] = ("trtrefit",)
     gpu_resource: str = "nvidia.com/gpu"
+    max_artifact_size: str = "8Gi"  # per artifact a refit downloads; spec.refitJob.maxArtifactSize overrides
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
 
@@ -37,9 +41,16 @@ class OperatorConfig:
             worker_image=env.get(WORKER_IMAGE_ENV) or None,
             worker_command=command,
             gpu_resource=env.get(GPU_RESOURCE_ENV) or default.gpu_resource,
+            max_artifact_size=_size(env.get(MAX_ARTIFACT_SIZE_ENV) or default.max_artifact_size),
             allowed_images=_words(env.get(ALLOWED_IMAGES_ENV, "")),
             allowed_service_accounts=_words(env.get(ALLOWED_SERVICE_ACCOUNTS_ENV, "")),
         )
+
+
+def _size(text: str) -> str:
+    if byte_size(text) is None:
+        raise ValueError(f"{MAX_ARTIFACT_SIZE_ENV}={text!r}: expected a byte quantity such as 8Gi")
+    return text
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -197,4 +197,19 @@ def test_the_refit_pod_meets_restricted_pod_security_and_carries_no_api_token() 
     # The root filesystem is read-only: downloads go to an emptyDir on /tmp.
     (mount,) = worker["volumeMounts"]
     assert mount["mountPath"] == "/tmp"
-    assert {"name": mount["name"], "emptyDir": {}} in pod["volumes"]
+    assert {"name": mount["name"], "emptyDir": {"sizeLimit": "32Gi"}} in pod["volumes"]
+
+
+def test_downloads_are_bounded_and_the_scratch_volume_is_sized_and_requested() -> None:
+    default = job_of()
+    args = container(default)["args"]
+    assert RefitRequest.model_validate_json(args[2]).max_artifact_bytes == 8 * 1024**3
+    assert container(default)["resources"]["requests"]["ephemeral-storage"] == "32Gi"
+    custom = job_of({"refitJob": {"maxArtifactSize": "500Mi", "resources": {"requests": {"cpu": 2}}}})
+    assert RefitRequest.model_validate_json(container(custom)["args"][2]).max_artifact_bytes == 500 * 1024**2
+    assert container(custom)["resources"]["requests"] == {"cpu": "2", "ephemeral-storage": "2000Mi"}
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "2000Mi"}} in custom["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    own = job_of({"refitJob": {"resources": {"requests": {"ephemeral-storage": "100Gi"}}}})
+    assert container(own)["resources"]["requests"]["ephemeral-storage"] == "100Gi"
