@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trtrefit.api.quantity import byte_size
 from trtrefit.api.result import PublishedEngine
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.failures import CancelledError, Retry, TruncatedError, with_retries
@@ -54,8 +55,6 @@ __all__ = [  # Retry and the errors are part of this module's interface (fetch's
 CHUNK_BYTES = 8 * 1024 * 1024
 HASH_BUFFER_BYTES = 1024 * 1024  # fits in a core's cache
 DEFAULT_MAX_BYTES = 20 * 1024**3  # per artifact; the largest engines we know of are a few GiB
-_BINARY_UNITS = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
-_DECIMAL_UNITS = {"k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -79,11 +78,10 @@ class Wanted:
 
 def parse_byte_size(option: str, text: str) -> int:
     """A size flag (`--max-artifact-bytes`): bytes, or a Kubernetes quantity such as 20Gi or 500M."""
-    match = re.fullmatch(r"\s*([0-9]+)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?\s*", text)
-    if match is None or int(match.group(1)) <= 0:
+    size = byte_size(text)
+    if size is None:
         raise WorkerError(f"{option} {text!r}: expected a positive size in bytes (e.g. 21474836480 or 20Gi)")
-    unit = match.group(2) or ""
-    return int(match.group(1)) * (_BINARY_UNITS.get(unit) or _DECIMAL_UNITS[unit])
+    return size
 
 
 def check_digest_format(option: str, digest: str | None) -> str | None:
