@@ -43,7 +43,8 @@ class ServingMetrics:
         )
         self.stage_seconds = Histogram(
             "trtrefit_serve_refit_stage_seconds",
-            "Seconds per refit stage (fetch, check, stage, reference, digest, wait, lock, apply, verify, total).",
+            "Seconds per refit stage (fetch, check, stage, reference, digest, wait, lock, apply, verify, "
+            "total).",
             ["model", "stage"],
             buckets=_STAGE_BUCKETS,
             registry=self.registry,
