@@ -22,7 +22,6 @@ from trtrefit.api.status import (
     RolloutStatus,
     ServingStatus,
     TRTModelStatus,
-    VerificationSummary,
 )
 from trtrefit.controller import conditions as c
 from trtrefit.controller.desired import DesiredRefit
@@ -30,6 +29,7 @@ from trtrefit.controller.inplace_messages import stage_message
 from trtrefit.controller.inplace_plan import Decision, InPlaceObserved, Stage, failed_at_pod, in_place_record
 from trtrefit.controller.messages import numbers
 from trtrefit.controller.observe import one_line
+from trtrefit.controller.outcome import REFIT_OUTCOMES, summary_of
 from trtrefit.controller.serving_pods import Answer, RefitAnswer
 
 
@@ -54,12 +54,6 @@ _ROWS: dict[Stage, Row] = {
     Stage.READY: Row(Phase.READY, False, False),
 }
 
-_OUTCOMES = {
-    Outcome.PASSED: RefitOutcome.PASSED,
-    Outcome.VERIFICATION_FAILED: RefitOutcome.VERIFICATION_FAILED,
-    Outcome.ERROR: RefitOutcome.FAILED,
-}
-
 
 def record_from_result(
     desired: DesiredRefit, pod: str, result: RefitResult, started: datetime | None, seconds: float | None
@@ -74,18 +68,11 @@ def record_from_result(
         key=desired.key,
         canary=pod,
         checkpoint=checkpoint,
-        outcome=_OUTCOMES.get(result.outcome, RefitOutcome.FAILED),
+        outcome=REFIT_OUTCOMES[result.outcome],
         started_at=started,
         finished_at=finished,
         seconds=round(seconds, 3) if seconds is not None else None,
-        verification=VerificationSummary(
-            passed=verification.passed,
-            max_abs_error=verification.max_abs_error,
-            max_rel_error=verification.max_rel_error,
-            min_cosine_similarity=verification.min_cosine_similarity,
-        )
-        if verification
-        else None,
+        verification=summary_of(verification),
         backend=result.backend,
         path=result.path.value if result.path else None,
         message=one_line(result.message),

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trtrefit.api.result import Outcome, RefitResult
+from trtrefit.api.result import Outcome, RefitResult, Verification
 from trtrefit.api.status import Digest, LastRefit, RefitOutcome, VerificationSummary
 from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.observe import JobState, JobView, PodProgress, PodReport
@@ -102,26 +102,33 @@ def unpublished_engine(result: RefitResult, publish: str | None) -> str:
     return ""
 
 
+# How a worker's or a serving pod's outcome shows in status.
+REFIT_OUTCOMES = {
+    Outcome.PASSED: RefitOutcome.PASSED,
+    Outcome.VERIFICATION_FAILED: RefitOutcome.VERIFICATION_FAILED,
+    Outcome.ERROR: RefitOutcome.FAILED,
+    Outcome.SUPERSEDED: RefitOutcome.FAILED,  # a serving pod's answer, never a Job's
+}
+
+
 def _from_result(result: RefitResult) -> dict[str, object]:
-    outcome = {
-        Outcome.PASSED: RefitOutcome.PASSED,
-        Outcome.VERIFICATION_FAILED: RefitOutcome.VERIFICATION_FAILED,
-        Outcome.ERROR: RefitOutcome.FAILED,
-        Outcome.SUPERSEDED: RefitOutcome.FAILED,  # a serving pod's answer, never a Job's
-    }[result.outcome]
-    verification = result.verification
     return {
-        "outcome": outcome,
+        "outcome": REFIT_OUTCOMES[result.outcome],
         "message": result.message,
         "backend": result.backend,
         "path": result.path.value if result.path else None,
         "engine": Digest(uri=result.engine.uri, sha256=result.engine.sha256) if result.engine else None,
-        "verification": VerificationSummary(
-            passed=verification.passed,
-            max_abs_error=verification.max_abs_error,
-            max_rel_error=verification.max_rel_error,
-            min_cosine_similarity=verification.min_cosine_similarity,
-        )
-        if verification
-        else None,
+        "verification": summary_of(result.verification),
     }
+
+
+def summary_of(verification: Verification | None) -> VerificationSummary | None:
+    """The worst-case numbers of a result's verification, as status shows them."""
+    if verification is None:
+        return None
+    return VerificationSummary(
+        passed=verification.passed,
+        max_abs_error=verification.max_abs_error,
+        max_rel_error=verification.max_rel_error,
+        min_cosine_similarity=verification.min_cosine_similarity,
+    )

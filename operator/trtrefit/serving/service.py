@@ -23,7 +23,7 @@ from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.api.serving import ServedCheckpoint, ServingState
-from trtrefit.serving.backends import open_live, resolve_device
+from trtrefit.serving.backends import open_live
 from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.metrics import ServingMetrics
@@ -33,6 +33,7 @@ from trtrefit.worker.backends import detect
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import check_compatible
 from trtrefit.worker.progress import Progress
+from trtrefit.worker.refit import resolve_device
 from trtrefit.worker.storage import DEFAULT_MAX_BYTES, fetch
 from trtrefit.worker.verify import Tolerances, verify
 

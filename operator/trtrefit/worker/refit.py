@@ -156,13 +156,14 @@ def tolerances(request: RefitRequest) -> Tolerances:
 
 
 def resolve_device(requested: str, kind: str) -> str:
+    """`auto` -> cuda when visible, else cpu; a TensorRT program needs CUDA (the Job and the server)."""
     import torch
 
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
-        raise WorkerError("--device cuda: no CUDA device is visible to this process")
+        raise WorkerError("device cuda: no CUDA device is visible to this process")
     if kind == "tensorrt" and (requested == "cpu" or not has_cuda):
-        raise WorkerError("the engine is a TensorRT program: it needs a CUDA device (--device cuda or auto)")
+        raise WorkerError("the engine is a TensorRT program: it needs a CUDA device (device cuda or auto)")
     if requested == "auto":
         return "cuda" if has_cuda else "cpu"
     return requested
