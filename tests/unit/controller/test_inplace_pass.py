@@ -19,6 +19,7 @@ import pytest
 from localcluster import free_port
 from tests.unit.api.samples import body
 from tests.unit.controller.inplace_world import IN_PLACE, NOW, result, state
+from tests.unit.controller.objects import apply_merge_patch
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome
 from trtrefit.api.serving import DESIRED_KEY
@@ -81,19 +82,6 @@ class Pod:
         self.server.server_close()
 
 
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge(out.get(key), value)
-    return out
-
-
 class MemoryCluster:
     """The Cluster calls of an InPlace pass over dicts; resourceVersion checked on ConfigMap patches."""
 
@@ -111,7 +99,7 @@ class MemoryCluster:
         return copy.deepcopy(self.model)
 
     def patch_model_status(self, namespace: str, name: str, patch: Obj) -> Obj:
-        self.model["status"] = _merge(self.model.get("status", {}), patch)
+        self.model["status"] = apply_merge_patch(self.model.get("status", {}), patch)
         return self.model
 
     def get_deployment(self, namespace: str, name: str) -> Obj | None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.unit.api.samples import body
-from tests.unit.controller.objects import PUBLISHED, deployment, passed
+from tests.unit.controller.objects import PUBLISHED, apply_merge_patch, deployment, passed
 from tests.unit.controller.scenarios import NOW
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.kube import ConflictError, Obj
@@ -35,7 +35,7 @@ class MemoryCluster:
 
     def patch_model_status(self, namespace: str, name: str, patch: Obj) -> Obj:
         self.status_writes.append(patch)
-        self.model["status"] = _apply(self.model.get("status", {}), patch)
+        self.model["status"] = apply_merge_patch(self.model.get("status", {}), patch)
         return self.model
 
     def list_jobs(self, namespace: str, model_uid: str) -> list[Obj]:
@@ -76,18 +76,6 @@ class MemoryCluster:
         template["spec"]["containers"][0]["env"] = [env]
         self.serving["metadata"]["generation"] += 1
         return copy.deepcopy(self.serving)
-
-
-def _apply(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _apply(out.get(key), value)
-    return out
 
 
 def run(cluster: MemoryCluster) -> Any:
