@@ -379,7 +379,19 @@ def create_model(
     custom.create_namespaced_custom_object(
         GROUP, VERSION, DEMO_NS, PLURAL, trtmodel(FIRST, f"{RELEASE}-refit", strategy)
     )
-    show_progress(custom, settled_on(FIRST), timeout=240)
+    until = settled_on(FIRST) if strategy == "Restart" else all_pods_on(FIRST, INPLACE_REPLICAS)
+    show_progress(custom, until, timeout=240)
+
+
+def all_pods_on(checkpoint: str, replicas: int) -> Callable[[dict[str, Any]], bool]:
+    """Ready on `checkpoint` with every replica ready and serving it (the pods start one by one)."""
+    settled = settled_on(checkpoint)
+
+    def check(obj: dict[str, Any]) -> bool:
+        pods = (obj.get("status") or {}).get("pods") or {}
+        return settled(obj) and pods.get("ready") == pods.get("current") == replicas
+
+    return check
 
 
 def bump_checkpoint(api: client.ApiClient) -> dict[str, Any]:
@@ -397,7 +409,7 @@ class Client:
     def __init__(self, api: client.ApiClient) -> None:
         bundle = STATE / "bundle"
         self.api = api
-        self.inputs = inplace.load_inputs(bundle / "bundle" / "inputs.safetensors")
+        self.inputs = inplace.load_inputs(bundle / "inputs.safetensors")
         self.references = {
             name: inplace.eager(MODEL, bundle / f"{name}.safetensors", self.inputs)
             for name in ("step-1", "step-2")

@@ -58,7 +58,12 @@ def _serving(api: client.ApiClient, namespace: str, uri: str, count: int) -> dic
 
     def settled() -> dict[str, Any] | None:
         model = get_model(api, namespace, NAME)
-        if not settled_on(uri)(model):
+        pods_status = model.get("status", {}).get("pods") or {}
+        if (
+            not settled_on(uri)(model)
+            or pods_status.get("ready") != count
+            or pods_status.get("current") != count
+        ):
             return None
         states = _states(api, namespace)
         pods = live_pods(api, namespace, APP)
