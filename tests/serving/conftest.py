@@ -24,6 +24,8 @@ import pytest
 
 from localcluster import free_port
 from trtrefit.api.request import RefitRequest
+from trtrefit.api.result import Outcome
+from trtrefit.serving.service import ServingModel
 from trtrefit.worker.compile import CompileRequest, compile_bundle
 from trtrefit.worker.samples import build, write_checkpoint
 
@@ -265,3 +267,12 @@ def start_server(
     with log.open("wb") as sink:
         process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=environment)
     return ServerProcess(process, port, log)
+
+
+@pytest.fixture
+def model(bundle: Bundle, tmp_path: Path) -> Iterator[ServingModel]:
+    """A ServingModel started on checkpoint a (key aaaa0000), in process."""
+    serving = ServingModel("cnn", tmp_path)
+    result = serving.start(bundle.request("a", key="aaaa0000"))
+    assert result.outcome == Outcome.PASSED, result.message
+    yield serving

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from trtrefit.worker.storage import HASH_BUFFER_BYTES, PendingDigest, digest_lat
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def model(bundle: Bundle, tmp_path: Path) -> Iterator[ServingModel]:
-    serving = ServingModel("cnn", tmp_path)
-    result = serving.start(bundle.request("a", key="aaaa0000"))
-    assert result.outcome == Outcome.PASSED, result.message
-    yield serving
 
 
 def test_unpinned_refit_reports_the_real_digest(model: ServingModel, bundle: Bundle) -> None:

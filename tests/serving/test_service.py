@@ -4,7 +4,7 @@ bad input with the old outputs still served, supersede, and the refusal of anoth
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,6 @@ STAGES = ("fetch", "check", "stage", "reference", "wait", "lock", "apply", "veri
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.allclose(a, b, atol=1e-5, rtol=1e-4))
-
-
-@pytest.fixture
-def model(bundle: Bundle, tmp_path: Path) -> Iterator[ServingModel]:
-    serving = ServingModel("cnn", tmp_path)
-    result = serving.start(bundle.request("a", key="aaaa0000"))
-    assert result.outcome == Outcome.PASSED, result.message
-    yield serving
 
 
 def test_start_serves_the_checkpoint_verified(model: ServingModel, bundle: Bundle) -> None:
