@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.integration.test_inplace_api import ROLLOUT_CASES
 from tests.integration.world import create_model, get_model, trtmodel
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
 
@@ -77,6 +78,16 @@ def _body(change: dict[str, Any]) -> dict[str, Any]:
         else:
             body["spec"][key] = value
     return body
+
+
+CASES += ROLLOUT_CASES
+CASES.append(
+    (
+        "credentials in a URI",
+        {"checkpoint": {"uri": "https://user:secret@models.example/c.pt2"}},
+        ["spec.checkpoint.uri", "no credentials in URIs", "spec.refitJob.envFrom"],
+    )
+)
 
 
 @pytest.mark.parametrize(("case", "change", "expected"), CASES, ids=[c[0] for c in CASES])
