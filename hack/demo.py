@@ -508,7 +508,7 @@ def report(api: client.ApiClient, cluster: LocalCluster, final: dict[str, Any], 
   kubectl get pods -n demo -o wide
   # a checkpoint whose shapes do not match the engine: Failed and Stalled, serving untouched
   {patch % "s3://ckpt/demo/wrong-shape.safetensors"}
-  # a checkpoint with non-finite weights: refused before any weight moves, serving untouched
+  # a checkpoint with non-finite weights: Failed and Stalled, serving untouched
   {patch % "s3://ckpt/demo/nonfinite.safetensors"}
   # finite weights whose outputs overflow: Verified=False with the numbers; InPlace: the canary rolled back
   {patch % "s3://ckpt/demo/overflow.safetensors"}
