@@ -57,18 +57,21 @@ class Verification(_Strict):
     outputs: list[OutputCheck] = Field(default_factory=list)
 
 
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
 class PublishedEngine(_Strict):
     """Where the refitted program was published, content-addressed by its sha256."""
 
     uri: str
-    sha256: str
+    sha256: str = Field(pattern=SHA256_HEX)
 
 
 class CheckpointDigest(_Strict):
     """The checkpoint a refit used, with the sha256 of the bytes actually read."""
 
     uri: str
-    sha256: str
+    sha256: str = Field(pattern=SHA256_HEX)
 
 
 class RefitResult(_Strict):

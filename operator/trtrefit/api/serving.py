@@ -53,7 +53,7 @@ class ServingState(_Wire):
     api_version: str = Field(default=SERVING_STATE_API_VERSION)
     model: str
     backend: str  # tensorrt | exported
-    engine: CheckpointDigest  # the program loaded at start (uri and the sha256 of its bytes)
+    engine: CheckpointDigest | None = None  # the program loaded at start (uri, sha256); None until loaded
     ready: bool
     checkpoint: ServedCheckpoint | None = None  # None only before the first verified refit
     refitting: str | None = Field(default=None, description="Key of the refit in progress, if any.")

@@ -12,7 +12,7 @@ from enum import StrEnum
 from kube_custom_resource import schema
 from pydantic import Field
 
-from trtrefit.api.base import Model, list_map
+from trtrefit.api.base import SHA256_PATTERN, Model, list_map
 
 HISTORY_LIMIT = 10
 
@@ -64,7 +64,9 @@ class Digest(Model):
     """A file and, where known, its SHA-256."""
 
     uri: str = Field(description="Where the file is.")
-    sha256: schema.Optional[str] = Field(default=None, description="Its SHA-256, 64 hex digits.")
+    sha256: schema.Optional[str] = Field(
+        default=None, description="Its SHA-256, 64 lowercase hex digits.", pattern=SHA256_PATTERN
+    )
 
 
 class ServingStatus(Model):

@@ -227,7 +227,7 @@ def _serving(
         return previous
     states = [seen.state for seen in observed.current(desired.key) if seen.state is not None]
     first = states[0]
-    engines = {state.engine.sha256 for state in states}
+    engines = {state.engine.sha256 for state in states if state.engine is not None}
     checkpoints = {state.checkpoint.sha256 for state in states if state.checkpoint is not None}
     checkpoint_uri = first.checkpoint.uri if first.checkpoint is not None else desired.checkpoint.uri
     same = previous is not None and previous.refit_key == desired.key

@@ -329,11 +329,9 @@ class ServingModel:
 
     def state(self) -> ServingState:
         loaded = self._loaded
-        engine = (
-            CheckpointDigest(uri=redact_uri(loaded.engine.uri), sha256=loaded.engine.sha256)
-            if loaded
-            else CheckpointDigest(uri="", sha256="")
-        )
+        engine = None
+        if loaded is not None:
+            engine = CheckpointDigest(uri=redact_uri(loaded.engine.uri), sha256=loaded.engine.sha256)
         return ServingState(
             model=self.name,
             backend=loaded.kind if loaded else "",

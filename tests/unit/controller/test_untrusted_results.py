@@ -38,7 +38,6 @@ def test_the_published_engine_is_trusted() -> None:
     [
         ("https://evil.example/x.ep", ENGINE_SHA, "is not 's3://models/resnet50/refits/"),
         (f"s3://models/resnet50/refits/sub/{ENGINE_SHA}.ep", ENGINE_SHA, "under spec.publish.uri"),
-        ("s3://models/resnet50/refits/not-a-digest.ep", "not-a-digest", "is not 64 lowercase hex"),
         (f"s3://models/resnet50/refits/{'f' * 64}.ep", ENGINE_SHA, "named by its digest"),
     ],
 )
@@ -51,3 +50,12 @@ def test_any_other_engine_is_refused_and_never_rolled_out(uri: str, sha256: str,
 def test_a_failed_job_cannot_report_a_pass() -> None:
     outcome, message = record_for(PUBLISHED, state="Failed")
     assert outcome == RefitOutcome.FAILED.value and "failed, yet its result says passed" in message
+
+
+def test_a_result_whose_digest_is_not_a_digest_is_no_result() -> None:
+    text = passed(PUBLISHED).to_json().replace(ENGINE_SHA, "not-a-digest")
+    report = pod_report([pod("p", exit_code=0, message=text)], "job-uid")
+    assert report is not None and report.result is None  # the typed model refuses it
+    finished = JobView.of(job("j", DESIRED.key, state="Complete"))
+    record = refit_record(DESIRED, RefitObservation(job=finished, report=report), None)
+    assert record is not None and record.outcome is RefitOutcome.FAILED and record.engine is None
