@@ -54,9 +54,10 @@ from demo import (  # noqa: E402
     settled_on,
     trtmodel,
     upload,
+    wait_port,
 )
 from fakekubelet import FakeKubelet  # noqa: E402
-from localcluster import LocalCluster, Tools, read_versions  # noqa: E402
+from localcluster import LocalCluster, Tools, free_port, read_versions  # noqa: E402
 from tests.kubehelpers import wait_for  # noqa: E402
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION  # noqa: E402
 
@@ -115,6 +116,7 @@ def inplace_bumps(api: client.ApiClient, ns: str, names: list[str], load: inplac
     ready: list[float] = []
     refit_s: list[float] = []
     lock_s: list[float] = []
+    stages: dict[str, list[float]] = {}  # each pod's own refit timings, by stage
     for name in names:
         target = uri(name)
 
@@ -134,6 +136,8 @@ def inplace_bumps(api: client.ApiClient, ns: str, names: list[str], load: inplac
             timings = state.last_refit.timings if state and state.last_refit else {}
             refit_s.append(float(timings.get("total", 0.0)))
             lock_s.append(float(timings.get("lock", 0.0)))
+            for stage, seconds in timings.items():
+                stages.setdefault(stage, []).append(float(seconds))
         load.wait_answers(10)
     after = inplace.live_pods(api, ns, APP)
     return {
@@ -141,6 +145,7 @@ def inplace_bumps(api: client.ApiClient, ns: str, names: list[str], load: inplac
         "bump_to_ready_s": ready,
         "pod_refit_total_s": refit_s,
         "pod_refit_lock_s": lock_s,
+        "pod_refit_stage_medians_s": {k: median(v) for k, v in stages.items()},
         "pod_restarts": sum(inplace.restarts(p) for p in after) - restarts_before,
         "pods_replaced": len({p.metadata.uid for p in pods} - {p.metadata.uid for p in after}),
     }
@@ -244,6 +249,11 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "Targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in t.items()) + ".",
         "",
+        "One pod's refit by stage (medians of its own timings, s): "
+        + ", ".join(f"{k} {v}" for k, v in ip["pod_refit_stage_medians_s"].items())
+        + f". Rollout: a canary, then the other pods {r['batch']} at a time (spec.rollout.maxConcurrent "
+        "25%), so a bump costs about one canary refit plus the batches after it.",
+        "",
         "Answers by checkpoint during the InPlace bumps (each equal to eager PyTorch on that checkpoint): "
         + ", ".join(f"{k} {v}" for k, v in sorted(ip["answers"].items()))
         + ".",
@@ -256,13 +266,16 @@ def markdown(r: dict[str, Any]) -> str:
 
 def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], list[float], inplace.Load]:
     """Both strategies on one fresh control plane: the InPlace samples, the Restart samples, the client."""
-    from moto.server import ThreadedMotoServer
-
     names = [f"step-{i}" for i in range(2, args.bumps + 2)]
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    host, port = s3.get_host_and_port()
-    credentials = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    # S3 in a process of its own: in this one it would share the GIL with the client and the polling.
+    port = free_port()
+    s3 = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    credentials = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     files = checkpoints(tmp, args.bumps + 1)
     upload(credentials["AWS_ENDPOINT_URL"], tmp / "bundle", files)
     inputs = inplace.load_inputs(tmp / "bundle" / "inputs.safetensors")
@@ -298,7 +311,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], list[f
         if operator is not None:
             operator.stop()
         cluster.stop()
-        s3.stop()
+        s3.terminate()
+        s3.wait(30)
 
 
 def results(
@@ -313,6 +327,7 @@ def results(
         "machine": machine(),
         "n": args.bumps,
         "replicas": args.replicas,
+        "batch": max(1, -(-args.replicas * 25 // 100)),  # maxConcurrent 25%, rounded up
         "bump_to_all_serving_s": median(inp["bump_to_all_serving_s"]),
         "pod_restarts": inp["pod_restarts"],
         "failed_requests": len(load.failures),
@@ -322,6 +337,7 @@ def results(
             **{k: summary(v) for k, v in inp.items() if isinstance(v, list)},
             "pod_restarts": inp["pod_restarts"],
             "pods_replaced": inp["pods_replaced"],
+            "pod_refit_stage_medians_s": inp["pod_refit_stage_medians_s"],
             "requests": load.sent,
             "answers": dict(load.answers),
             "failures": load.failures[:20],
