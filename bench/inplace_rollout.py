@@ -59,6 +59,7 @@ from demo import (  # noqa: E402
 from fakekubelet import FakeKubelet  # noqa: E402
 from localcluster import LocalCluster, Tools, free_port, read_versions  # noqa: E402
 from tests.kubehelpers import wait_for  # noqa: E402
+from trtrefit.api.spec import RolloutSpec  # noqa: E402
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION  # noqa: E402
 
 NAME, APP = "demo", "demo-server"
@@ -327,7 +328,7 @@ def results(
         "machine": machine(),
         "n": args.bumps,
         "replicas": args.replicas,
-        "batch": max(1, -(-args.replicas * 25 // 100)),  # maxConcurrent 25%, rounded up
+        "batch": RolloutSpec.model_validate({"maxConcurrent": "25%"}).batch_size(args.replicas),
         "bump_to_all_serving_s": median(inp["bump_to_all_serving_s"]),
         "pod_restarts": inp["pod_restarts"],
         "failed_requests": len(load.failures),
