@@ -95,11 +95,18 @@ def check_digest_format(option: str, digest: str | None) -> str | None:
 
 
 def storage_options(uri: str) -> dict[str, Any]:
-    """fsspec options for a URI; for S3 the endpoint comes from AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL."""
+    """fsspec options for a URI; for S3 the endpoint comes from AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL.
+
+    Object stores keep no listings cache (sizes and existence are always asked afresh), so their
+    filesystem instances can be reused: a serving process then pays for the client session once, not on
+    every refit (about 0.5-1.5 s against a local S3 server)."""
     scheme = urlsplit(uri).scheme
     if scheme in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+        fresh: dict[str, Any] = {"use_listings_cache": False}
+        return {**fresh, "client_kwargs": {"endpoint_url": endpoint}} if endpoint else fresh
+    if scheme in ("gs", "gcs"):
+        return {"use_listings_cache": False}
     return {}
 
 
@@ -108,7 +115,7 @@ def filesystem(uri: str) -> tuple[Any, str]:
     import fsspec
 
     try:
-        fs, path = fsspec.core.url_to_fs(uri, skip_instance_cache=True, **storage_options(uri))
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
     except ImportError as exc:
         extra = " (pip install 'trtrefit[gcs]')" if uri.startswith(("gs://", "gcs://")) else ""
         raise WorkerError(f"{uri}: no filesystem driver for this scheme{extra}: {exc}") from exc
