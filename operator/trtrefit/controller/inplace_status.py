@@ -10,10 +10,8 @@ from datetime import datetime, timedelta
 from trtrefit.api.result import Outcome, RefitResult
 from trtrefit.api.spec import TRTModelSpec
 from trtrefit.api.status import (
-    HISTORY_LIMIT,
     ConditionType,
     Digest,
-    HistoryEntry,
     LastRefit,
     Phase,
     PodCounts,
@@ -25,6 +23,7 @@ from trtrefit.api.status import (
 )
 from trtrefit.controller import conditions as c
 from trtrefit.controller.desired import DesiredRefit
+from trtrefit.controller.history import history_after
 from trtrefit.controller.inplace_messages import stage_message
 from trtrefit.controller.inplace_plan import Decision, InPlaceObserved, Stage, failed_at_pod, in_place_record
 from trtrefit.controller.messages import numbers
@@ -133,7 +132,7 @@ def compute_in_place_status(
         serving=serving,
         pods=pods if observed.deployment is not None else None,
         last_refit=record if record is not None else previous.last_refit,
-        history=_history(previous.history, previous.serving, serving, now),
+        history=history_after(previous.history, previous.serving, serving, now),
     )
 
 
@@ -237,16 +236,3 @@ def _serving(
         refit_key=desired.key,
         since=previous.since if same and previous is not None else now,
     )
-
-
-def _history(
-    history: list[HistoryEntry], before: ServingStatus | None, after: ServingStatus | None, now: datetime
-) -> list[HistoryEntry]:
-    if (
-        before is None
-        or after is None
-        or (before.engine, before.checkpoint) == (after.engine, after.checkpoint)
-    ):
-        return history
-    left = HistoryEntry(engine=before.engine, checkpoint=before.checkpoint, since=before.since, until=now)
-    return [left, *history][:HISTORY_LIMIT]

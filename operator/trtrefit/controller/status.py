@@ -11,11 +11,9 @@ from pydantic import ValidationError
 
 from trtrefit.api.spec import TRTModelSpec
 from trtrefit.api.status import (
-    HISTORY_LIMIT,
     ConditionStatus,
     ConditionType,
     Digest,
-    HistoryEntry,
     LastRefit,
     Phase,
     RolloutOutcome,
@@ -26,6 +24,7 @@ from trtrefit.api.status import (
 from trtrefit.controller import conditions as c
 from trtrefit.controller.assess import Assessment, Observed, Step
 from trtrefit.controller.desired import DesiredRefit
+from trtrefit.controller.history import history_after
 from trtrefit.controller.messages import step_message, verified_message
 from trtrefit.controller.observe import DeploymentView, RolloutState
 
@@ -85,7 +84,7 @@ def compute_status(
         conditions=c.merge_conditions(previous.conditions, observations, generation, now),
         serving=serving,
         last_refit=last_refit,
-        history=_history(previous.history, previous.serving, serving, now),
+        history=history_after(previous.history, previous.serving, serving, now),
     )
 
 
@@ -178,15 +177,6 @@ def _serving(
     same = previous is not None and previous.engine == engine
     since = previous.since if same and previous is not None else now
     return ServingStatus(engine=engine, checkpoint=checkpoint, refit_key=deployment.refit_key, since=since)
-
-
-def _history(
-    history: list[HistoryEntry], before: ServingStatus | None, after: ServingStatus | None, now: datetime
-) -> list[HistoryEntry]:
-    if before is None or after is None or before.engine == after.engine:
-        return history
-    left = HistoryEntry(engine=before.engine, checkpoint=before.checkpoint, since=before.since, until=now)
-    return [left, *history][:HISTORY_LIMIT]
 
 
 def invalid_spec_status(
