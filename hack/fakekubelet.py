@@ -24,13 +24,14 @@ injects its own variables (KUBERNETES_SERVICE_HOST, ...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,16 @@ class FakeKubelet:
     _kwok_nodes: dict[str, bool] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    # poll_once (on the serve thread) and stop (on the caller's) both change the pods: one at a time, so a
+    # poll in flight when stop() runs cannot start a second process (on a second address) for a pod.
+    _pods_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def poll_once(self) -> None:
+        with self._pods_lock:
+            if not self._stop.is_set():
+                self._poll_once()
+
+    def _poll_once(self) -> None:
         core = client.CoreV1Api(self.api)
         live: set[str] = set()
         for ns in self.namespaces:
@@ -121,11 +130,31 @@ class FakeKubelet:
                     raise
             self._stop.wait(interval)
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[FakeKubelet]:
+        """Serve on a thread of its own for the duration of the block, then stop everything it started."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        thread = threading.Thread(target=self.serve, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            thread.join(30)
+
+    def pod_logs(self, tail_chars: int = 6000) -> str:
+        """The tail of every pod's output, for a failed test's report."""
+        return "".join(
+            f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-tail_chars:]}\n"
+            for log in sorted(self.log_dir.glob("*.log"))
+        )
+
     def stop(self, timeout: float = 60.0) -> None:
         """Stop polling, stop every serving process (SIGTERM, then SIGKILL) and wait for the threads."""
-        self._stop.set()
-        pods = list(self._serving.values())
-        self._serving.clear()
+        with self._pods_lock:
+            self._stop.set()
+            pods = list(self._serving.values())
+            self._serving.clear()
         for pod in pods:
             pod.delete()
         for pod in pods:

@@ -5,7 +5,6 @@ real `trtrefit refit` command from the pod spec the operator created."""
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +82,7 @@ def kubelet(
         ),
     )
     fake = FakeKubelet(api=kube_api, namespaces=[namespace], log_dir=tmp_path / "pods")
-    fake.log_dir.mkdir()
-    thread = threading.Thread(target=fake.serve, daemon=True)
-    thread.start()
-    yield fake
-    fake.stop()
-    thread.join(30)
+    with fake.running():
+        yield fake
     if request.node.stash.get(FAILED, False):  # the serving pods' own output explains most failures
-        for log in sorted(fake.log_dir.glob("*.log")):
-            sys.stderr.write(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}\n")
+        sys.stderr.write(fake.pod_logs())

@@ -11,7 +11,6 @@ ConfigMap are untouched; deleting the model lets garbage collection remove both 
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +74,10 @@ def kubelet(
     kube_api: client.ApiClient, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[FakeKubelet]:
     fake = FakeKubelet(api=kube_api, namespaces=[namespace], log_dir=tmp_path / "pods")
-    fake.log_dir.mkdir()
-    thread = threading.Thread(target=fake.serve, daemon=True)
-    thread.start()
-    yield fake
-    fake.stop()
-    thread.join(30)
+    with fake.running():
+        yield fake
     if request.node.stash.get(_FAILED, False):
-        for log in sorted(fake.log_dir.glob("*.log")):
-            sys.stderr.write(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-4000:]}\n")
+        sys.stderr.write(fake.pod_logs())
 
 
 def serving_deployment(port: int, replicas: int = 2) -> dict[str, Any]:

@@ -6,7 +6,6 @@ chart shows up as a model that never gets there and as a 403 in the operator's l
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -38,25 +37,24 @@ def test_in_place_rollout_runs_on_the_chart_rights_alone(
     client.CoreV1Api(admin).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     _install(own_cluster, admin, tmp_path / "helm", release="trt", namespace="trtrefit-system", values={})
     operator = _start_operator(admin, own_cluster, tmp_path, "trt", "trtrefit-system")
-    fake = FakeKubelet(api=admin, namespaces=[NAMESPACE], log_dir=tmp_path / "pods")
-    fake.log_dir.mkdir()
-    thread = threading.Thread(target=fake.serve, daemon=True)
-    thread.start()
     try:
-        port = free_port()
-        client.AppsV1Api(admin).create_namespaced_deployment(NAMESPACE, serving_deployment(port))
-        create_model(admin, NAMESPACE, in_place_model(bundle, "a.safetensors", port))
-        status = wait_ready_on(admin, NAMESPACE, key_of(admin, NAMESPACE))
-        assert status["pods"]["summary"] == "2/2"
-        patch_spec(admin, NAMESPACE, {"checkpoint": {"uri": bundle.uri("b.safetensors")}}, name=NAME)
-        status = wait_ready_on(admin, NAMESPACE, key_of(admin, NAMESPACE), timeout=60)
-        assert (
-            status["lastRefit"]["outcome"] == "Passed"
-            and status["lastRefit"]["rollout"]["outcome"] == "Complete"
-        )
-        _no_permission_errors(operator)
+        with FakeKubelet(api=admin, namespaces=[NAMESPACE], log_dir=tmp_path / "pods").running():
+            _roll_out_twice(admin, bundle)
+            _no_permission_errors(operator)
     finally:
-        fake.stop()
-        thread.join(30)
         operator.stop()
         print(operator.output()[-3000:])
+
+
+def _roll_out_twice(admin: client.ApiClient, bundle: Bundle) -> None:
+    """A first checkpoint and a bump, each until every serving pod serves it."""
+    port = free_port()
+    client.AppsV1Api(admin).create_namespaced_deployment(NAMESPACE, serving_deployment(port))
+    create_model(admin, NAMESPACE, in_place_model(bundle, "a.safetensors", port))
+    status = wait_ready_on(admin, NAMESPACE, key_of(admin, NAMESPACE))
+    assert status["pods"]["summary"] == "2/2"
+    patch_spec(admin, NAMESPACE, {"checkpoint": {"uri": bundle.uri("b.safetensors")}}, name=NAME)
+    status = wait_ready_on(admin, NAMESPACE, key_of(admin, NAMESPACE), timeout=60)
+    assert (
+        status["lastRefit"]["outcome"] == "Passed" and status["lastRefit"]["rollout"]["outcome"] == "Complete"
+    )
