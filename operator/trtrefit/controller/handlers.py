@@ -31,7 +31,7 @@ def runtime_of(memo: kopf.Memo) -> Runtime:
 
 async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
     """One pass under the model's lock; its Events are posted after its status write, then metrics."""
-    async with runtime.lock(namespace, name):
+    async with runtime.lock(namespace, name), runtime.metrics.counting_errors(f"{namespace}/{name}"):
         now = runtime.clock()
         result = await asyncio.to_thread(
             reconcile,
@@ -47,7 +47,7 @@ async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
         model = kopf.Body(cast(kopf.RawBody, result.reference))
         for event in result.events:
             kopf.event(model, type=event.type, reason=event.reason, message=event.message)
-    runtime.metrics.record(result.finished)
+    runtime.metrics.record(result.finished, f"{namespace}/{name}", now.timestamp())
     runtime.metrics.set_phase(f"{namespace}/{name}", result.phase)
     return result
 
