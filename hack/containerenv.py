@@ -16,6 +16,8 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from apiretry import REQUEST_TIMEOUT
+
 ENTRYPOINT = "trtrefit"  # the image's ENTRYPOINT, used when a container sets no command
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -54,9 +56,11 @@ def _data(core: Any, kind: str, name: str, namespace: str, optional: bool | None
     """A ConfigMap's or Secret's data (Secret values decoded); None when it is missing and optional."""
     try:
         if kind == "Secret":
-            raw = core.read_namespaced_secret(name, namespace).data or {}
+            raw = core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT).data or {}
             return {k: base64.b64decode(v).decode() for k, v in raw.items()}
-        found: dict[str, str] = core.read_namespaced_config_map(name, namespace).data or {}
+        found: dict[str, str] = (
+            core.read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT).data or {}
+        )
         return found
     except ApiException as exc:
         if exc.status != 404:

@@ -13,6 +13,10 @@ what a kubelet would, reading every pod spec from the API (nothing from the oper
 
 Both start from the environment the pod spec gives (hack/containerenv.py), never this process's.
 
+Like a kubelet it rides out API server outages (hack/apiretry.py): every call is retried with a capped
+back-off on a lost connection, 429 or 5xx, one log line says the API went away and one that it is back, and
+what happened meanwhile (a refit pod that finished, a serving pod that became ready) is written then.
+
 One deviation from a real kubelet, because there is no container filesystem to bind-mount into: the
 termination-message file is a temp file whose path the process receives in the environment variable
 TRTREFIT_TERMINATION_LOG (the worker writes there instead of /dev/termination-log), just as a kubelet
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import logging
 import signal
 import subprocess
 import sys
@@ -36,9 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from apiretry import REQUEST_TIMEOUT, Backoff, Outage, StoppedError, retry, transient
 from containerenv import ENTRYPOINT, ContainerConfigError, resolve_argv, resolve_env
 from servingpods import IpPool, ServingPod, is_serving_pod
 
@@ -91,6 +98,7 @@ class FakeKubelet:
     # poll_once (on the serve thread) and stop (on the caller's) both change the pods: one at a time, so a
     # poll in flight when stop() runs cannot start a second process (on a second address) for a pod.
     _pods_lock: threading.Lock = field(default_factory=threading.Lock)
+    outage: Outage = field(default_factory=Outage)  # the API's reachability, shared by every pod's thread
 
     def poll_once(self) -> None:
         with self._pods_lock:
@@ -101,12 +109,14 @@ class FakeKubelet:
         core = client.CoreV1Api(self.api)
         live: set[str] = set()
         for ns in self.namespaces:
-            for pod in core.list_namespaced_pod(ns).items:
+            for pod in core.list_namespaced_pod(ns, _request_timeout=REQUEST_TIMEOUT).items:
                 uid = pod.metadata.uid
                 if is_serving_pod(pod) and self._on_kwok_node(core, pod.spec.node_name):
                     live.add(uid)
                     if uid not in self._serving:
-                        self._serving[uid] = ServingPod(self.api, pod, self.ips, self.bin_dir, self.log_dir)
+                        self._serving[uid] = ServingPod(
+                            self.api, pod, self.ips, self.bin_dir, self.log_dir, outage=self.outage
+                        )
                         self._serving[uid].start()
                 elif uid not in self._seen and is_refit_pod(pod):
                     self._seen.add(uid)
@@ -122,12 +132,22 @@ class FakeKubelet:
         return self._serving.get(uid)
 
     def serve(self, interval: float = 0.3) -> None:
+        """Poll until stopped. While the API is away the pods it runs keep running and nothing is deleted: a
+        poll that does not finish decides nothing."""
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except ApiException as exc:  # a namespace being deleted, an API hiccup: try again
-                if exc.status not in (403, 404, 409, 500, 503):
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if transient(exc):
+                    self.outage.failed(exc)
+                    self._stop.wait(backoff.delay())
+                    continue
+                # a namespace being deleted (403/404), a conflict: the next poll sees it settled
+                if not (isinstance(exc, ApiException) and exc.status in (403, 404, 409)):
                     raise
+            self.outage.answered()
+            backoff.reset()
             self._stop.wait(interval)
 
     @contextlib.contextmanager
@@ -164,7 +184,8 @@ class FakeKubelet:
 
     def _on_kwok_node(self, core: Any, node_name: str) -> bool:
         if node_name not in self._kwok_nodes:
-            annotations = core.read_node(node_name).metadata.annotations or {}
+            node = core.read_node(node_name, _request_timeout=REQUEST_TIMEOUT)
+            annotations = node.metadata.annotations or {}
             self._kwok_nodes[node_name] = annotations.get(KWOK_NODE_ANNOTATION) == "fake"
         return self._kwok_nodes[node_name]
 
@@ -176,11 +197,22 @@ class FakeKubelet:
             term_file = Path(tmp) / "termination-log"
             term_file.touch()
             try:
-                env = resolve_env(
-                    core, pod, container, home=Path(tmp), bin_dir=self.bin_dir, pod_ip=pod.status.pod_ip or ""
+                env = retry(
+                    lambda: resolve_env(
+                        core,
+                        pod,
+                        container,
+                        home=Path(tmp),
+                        bin_dir=self.bin_dir,
+                        pod_ip=pod.status.pod_ip or "",
+                    ),
+                    self.outage,
+                    self._stop,
                 )
             except ContainerConfigError as exc:  # a refit pod has no later chance: report it as failed
                 self._write_status(core, pod, started, 1, f"CreateContainerConfigError: {exc}")
+                return
+            except StoppedError:
                 return
             env[TERMINATION_ENV] = str(term_file)
             proc = subprocess.run(
@@ -202,8 +234,17 @@ class FakeKubelet:
         self._write_status(core, pod, started, proc.returncode, message)
 
     def _write_status(self, core: Any, pod: Any, started: str, exit_code: int, message: str) -> None:
+        """Report the exit, retried until the API answers: a pod that finished during an outage is reported
+        once the API is back (the finish time stays the process's own)."""
+        finished = _now()
         try:
-            write_terminated(core, pod, started, exit_code, message)
+            retry(
+                lambda: write_terminated(core, pod, started, exit_code, message, finished=finished),
+                self.outage,
+                self._stop,
+            )
+        except StoppedError:
+            return
         except ApiException as exc:
             if exc.status != 404:  # the Job (and its pod) may have been superseded meanwhile
                 raise
@@ -240,10 +281,14 @@ def terminated_status(
     }
 
 
-def write_terminated(core: Any, pod: Any, started: str, exit_code: int, message: str) -> None:
+def write_terminated(
+    core: Any, pod: Any, started: str, exit_code: int, message: str, *, finished: str | None = None
+) -> None:
     """Patch the pod's status subresource as the kubelet does when its container exits."""
-    status = terminated_status(pod.spec.containers[0], started, _now(), exit_code, message)
-    core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+    status = terminated_status(pod.spec.containers[0], started, finished or _now(), exit_code, message)
+    core.patch_namespaced_pod_status(
+        pod.metadata.name, pod.metadata.namespace, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--namespace", action="append", required=True, dest="namespaces")
     parser.add_argument("--log-dir", type=Path, help="serving pods' output, one file per pod")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     kubelet = FakeKubelet(
         api=config.new_client_from_config(config_file=args.kubeconfig), namespaces=args.namespaces
     )

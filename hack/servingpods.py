@@ -11,7 +11,9 @@ What a kubelet does for such a pod, and how this module does it on one machine:
   Protocol's /v2/health/ready) and is written as the Ready condition and containerStatuses[0].ready;
 - a container that exits is started again (restartCount + 1), after a back-off that is shorter than a real
   kubelet's (1 s doubling to 16 s instead of 10 s to 5 min) so tests see it;
-- pod deleted -> SIGTERM, SIGKILL to the process group after terminationGracePeriodSeconds.
+- pod deleted -> SIGTERM, SIGKILL to the process group after terminationGracePeriodSeconds;
+- the API server away (hack/apiretry.py) -> the container keeps running and being probed; the latest status
+  is written once the API answers again, retried with a capped back-off.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from apiretry import REQUEST_TIMEOUT, Backoff, Outage, transient
 from containerenv import ContainerConfigError, resolve_argv, resolve_env
 from trtrefit.api.serving import DEFAULT_PORT
 
@@ -217,12 +221,24 @@ class ContainerState:
 class ServingPod:
     """One serving pod's container as a local process, for as long as the pod lives (a thread of its own)."""
 
-    def __init__(self, api: client.ApiClient, pod: Any, ips: IpPool, bin_dir: Path, log_dir: Path) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        pod: Any,
+        ips: IpPool,
+        bin_dir: Path,
+        log_dir: Path,
+        *,
+        outage: Outage | None = None,
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.pod, self.ips, self.bin_dir = pod, ips, bin_dir
         self.log = log_dir / f"{pod.metadata.namespace}_{pod.metadata.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self._unwritten: ContainerState | None = None  # a status whose write failed, tried again each tick
+        self.outage = outage or Outage()
+        self._unwritten: ContainerState | None = None  # a status whose write failed, tried again later
+        self._backoff = Backoff()
+        self._retry_at = 0.0  # monotonic time of the next attempt to write _unwritten
         self._deleted = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"pod-{pod.metadata.name}")
 
@@ -272,7 +288,7 @@ class ServingPod:
                 if ready != state.ready:
                     state.ready, state.ready_since = ready, _now()
                     self._write(state)
-            if self._unwritten is not None:
+            if self._unwritten is not None and time.monotonic() >= self._retry_at:
                 self._write(self._unwritten)
             self._deleted.wait(TICK_S)
 
@@ -283,6 +299,12 @@ class ServingPod:
                 self.core, self.pod, container, home=home, bin_dir=self.bin_dir, pod_ip=state.ip
             )
             argv = with_host(resolve_argv(container, self.bin_dir, env), state.ip)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if not transient(exc):
+                raise
+            self.outage.failed(exc)  # the ConfigMap or Secret could not be read: try again later
+            self._deleted.wait(self._backoff.delay())
+            return False
         except ContainerConfigError as exc:
             if state.waiting != ("CreateContainerConfigError", str(exc)):
                 state.waiting = ("CreateContainerConfigError", str(exc))
@@ -327,16 +349,26 @@ class ServingPod:
         proc.wait()
 
     def _write(self, state: ContainerState) -> None:
-        """Patch the pod's status; a transient API error leaves it to the loop to write again."""
+        """Patch the pod's status; a transient API error (or a conflict) leaves it to the loop to write
+        again after a capped back-off, whatever the state is by then."""
         self._unwritten = state
         if self._deleted.is_set():
             return
         try:
             self.core.patch_namespaced_pod_status(
-                self.pod.metadata.name, self.pod.metadata.namespace, {"status": state.status()}
+                self.pod.metadata.name,
+                self.pod.metadata.namespace,
+                {"status": state.status()},
+                _request_timeout=REQUEST_TIMEOUT,
             )
-        except ApiException as exc:
-            if exc.status not in (409, 429, 500, 503, 504):
-                raise
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            conflict = isinstance(exc, ApiException) and exc.status == 409
+            if not (transient(exc) or conflict):
+                raise  # 404: the pod is gone, which ends its thread
+            if not conflict:
+                self.outage.failed(exc)
+            self._retry_at = time.monotonic() + self._backoff.delay()
             return
+        self.outage.answered()
+        self._backoff.reset()
         self._unwritten = None

@@ -1,20 +1,27 @@
 """The e2e kubelet's parts that need no cluster: which pods it runs, the command line and environment, the
-termination message rules, serving pods' addresses, probes and status."""
+termination message rules, serving pods' addresses, probes and status, and how it rides out API outages."""
 
 from __future__ import annotations
 
 import datetime as dt
 import http.server
+import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
+from apiretry import Backoff, Outage, StoppedError, retry, transient
 from containerenv import ContainerConfigError, basic_env, expand
-from fakekubelet import is_refit_pod, resolve_argv, termination_message
+from fakekubelet import FakeKubelet, is_refit_pod, resolve_argv, termination_message
+from localcluster import free_port
 from servingpods import ContainerState, IpPool, Probe, is_serving_pod, probe_ok, readiness_probe, with_host
+from tests.kubehelpers import wait_for
 
 HACK = Path(__file__).resolve().parents[2] / "hack"
 
@@ -209,3 +216,98 @@ def test_the_environment_starts_empty_of_this_process(
     env = basic_env(pod, tmp_path, tmp_path / "bin")
     assert set(env) == {"PATH", "HOME", "HOSTNAME", "LANG"}
     assert env["PATH"].startswith(f"{tmp_path / 'bin'}:") and env["HOSTNAME"] == "p"
+
+
+# -- riding out API outages (hack/apiretry.py) ------------------------------------------------------------
+
+
+class _Clock(threading.Event):
+    """A stop event whose waits return at once and are recorded: the back-off without the sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout or 0.0))
+        return self.is_set()
+
+
+def _refused() -> urllib3.exceptions.MaxRetryError:
+    """What the kubernetes client raises when nothing listens on the API server's port."""
+    return urllib3.exceptions.MaxRetryError(None, "/api/v1/pods", ConnectionRefusedError(111, "refused"))  # type: ignore[arg-type]
+
+
+def test_transient_failures_are_lost_connections_429_and_5xx_only() -> None:
+    for exc in (_refused(), ConnectionResetError(), TimeoutError(), ApiException(status=503),
+                ApiException(status=500), ApiException(status=429), ApiException(status=0)):  # fmt: skip
+        assert transient(exc), exc
+    for exc in (ApiException(status=404), ApiException(status=403), ApiException(status=409),
+                ApiException(status=422), ValueError("bad"), FileNotFoundError("x")):  # fmt: skip
+        assert not transient(exc), exc
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
+    backoff = Backoff(first_s=0.2, cap_s=1.0)
+    assert [backoff.delay() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.delay() == 0.2
+
+
+def test_retry_rides_out_an_outage_and_logs_one_line_down_and_one_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    results: list[BaseException | str] = [_refused(), ApiException(status=503), _refused(), _refused(), "ok"]
+    calls = iter(results)
+
+    def call() -> str:
+        step = next(calls)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    stop, now = _Clock(), iter(range(100))
+    outage = Outage(clock=lambda: float(next(now)))
+    with caplog.at_level(logging.WARNING, logger="fakekubelet"):
+        assert retry(call, outage, stop, Backoff(first_s=0.1, cap_s=0.3)) == "ok"
+    assert stop.waits == [0.1, 0.2, 0.3, 0.3]  # capped
+    assert not outage.down and outage.outages == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "unreachable (MaxRetryError" in lines[0] and "back after 1.0 s" in lines[1]
+
+
+def test_retry_raises_other_errors_at_once_and_gives_up_only_when_stopped() -> None:
+    stop, outage = _Clock(), Outage()
+    attempts: list[int] = []
+
+    def missing() -> None:
+        attempts.append(1)
+        raise ApiException(status=404)
+
+    with pytest.raises(ApiException):
+        retry(missing, outage, stop)
+    assert attempts == [1] and stop.waits == []
+
+    def refused() -> None:
+        raise _refused()
+
+    stop.set()
+    with pytest.raises(StoppedError, match="unreachable"):
+        retry(refused, outage, stop)
+    assert outage.down and len(stop.waits) == 1
+
+
+def test_the_poll_loop_survives_an_unreachable_api_server(tmp_path: Path) -> None:
+    """A real client against a port nothing listens on: the loop keeps going (it ended with a MaxRetryError
+    traceback before), marks the outage, and stops when asked."""
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"
+    configuration.retries = 0
+    api = client.ApiClient(configuration)
+    kubelet = FakeKubelet(api=api, namespaces=["ns"], log_dir=tmp_path)
+    with kubelet.running():
+        wait_for(lambda: kubelet.outage.outages >= 1, timeout=10, what="the outage noticed")
+        time.sleep(1.0)  # several failed polls, backing off
+    assert kubelet.outage.down and kubelet.outage.outages == 1
+    api.close()
