@@ -34,6 +34,7 @@ from trtrefit.api.quantity import byte_size
 from trtrefit.api.result import PublishedEngine
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.failures import CancelledError, Retry, TruncatedError, with_retries
+from trtrefit.worker.progress import DownloadMeter
 
 __all__ = [  # Retry and the errors are part of this module's interface (fetch's signature, its raises)
     "DEFAULT_MAX_BYTES",
@@ -219,7 +220,9 @@ def _download(
     size = 0
     # block_size=0 asks HTTP for one streamed response instead of ranged block reads.
     options = {"block_size": 0} if fs.protocol in (("http", "https"), "http", "https") else {}
-    with fs.open(path, "rb", **options) as remote, target.open("wb") as local:
+    # The meter logs bytes, total and rate every few seconds while the body streams (worker.progress).
+    meter = DownloadMeter(uri, expected)
+    with meter, fs.open(path, "rb", **options) as remote, target.open("wb") as local:
         # Never ask for more than one byte past the limit: an endless body stops right there.
         while chunk := remote.read(min(CHUNK_BYTES, max_bytes + 1 - size)):
             size += len(chunk)
@@ -231,6 +234,7 @@ def _download(
                 raise CancelledError(f"{uri}: download stopped: another artifact failed")
             digest.update(chunk)
             local.write(chunk)
+            meter.relative_update(len(chunk))
     if expected is not None and size != expected:
         raise TruncatedError(f"download truncated: got {size} of {expected} bytes")
     return digest.hexdigest(), size
