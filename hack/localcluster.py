@@ -286,14 +286,14 @@ class Supervisor:
         return {
             name: pid
             for name, (pid, started) in self._saved().items()
-            if _alive(pid) and _start_time(pid) == started
+            if pid and _alive(pid) and _start_time(pid) == started
         }
 
     def check_alive(self) -> None:
-        """Raise with the tail of its log when a recorded process has exited."""
+        """Raise with the tail of its log when a recorded process exited (one stopped on purpose did not)."""
         running = self.running()
-        for name in self._saved():
-            if name not in running:
+        for name, (pid, _) in self._saved().items():
+            if pid and name not in running:
                 log = self.log_file(name)
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
                 raise ClusterError(f"{name} exited during start-up; last lines of {log}:\n{tail}")
@@ -302,14 +302,12 @@ class Supervisor:
         """SIGTERM every process (newest first), SIGKILL what is left after `grace` seconds."""
         pids = self.running()
         for pid in reversed(list(pids.values())):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
+            _signal_group(pid, signal.SIGTERM)
         end = time.monotonic() + grace
         while time.monotonic() < end and any(_alive(p) for p in pids.values()):
             time.sleep(0.1)
         for pid in pids.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
         for proc in self._procs.values():  # ours, dead or alive: reap them
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -317,6 +315,27 @@ class Supervisor:
         self._procs.clear()
         self.pid_file.unlink(missing_ok=True)
         return pids
+
+    def stop_one(self, name: str, grace: float = 10.0) -> None:
+        """SIGTERM one recorded process (and its group), SIGKILL after `grace` s; wait until it is gone. Its
+        record stays, as [0, 0], so a later spawn of the same name keeps its place in the stop order."""
+        saved = self._saved()
+        if name not in saved:
+            raise ClusterError(f"no process named {name!r} was started from {self.workdir}")
+        pid = self.running().get(name)
+        if pid:
+            _signal_group(pid, signal.SIGTERM)
+            end = time.monotonic() + grace
+            while time.monotonic() < end and _alive(pid):
+                time.sleep(0.05)
+            _signal_group(pid, signal.SIGKILL)
+            proc = self._procs.pop(pid, None)
+            if proc is not None:
+                proc.wait()
+            while _alive(pid):  # not ours to reap: wait for the kill to land
+                time.sleep(0.05)
+        saved[name] = [0, 0]
+        self.pid_file.write_text(json.dumps(saved))
 
     def _saved(self) -> dict[str, list[int]]:
         if not self.pid_file.is_file():
@@ -395,13 +414,92 @@ class LocalCluster:
             self.stop()
             raise
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop every component, newest first; nothing is left running."""
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop every component, newest first; nothing is left running. A short grace: kube-apiserver and etcd
+        take 7-10 s to finish a SIGTERM with clients attached, and a SIGKILL loses no etcd data (it is in the
+        page cache even with --unsafe-no-fsync)."""
         self.processes.stop(grace)
 
     def running_pids(self) -> dict[str, int]:
         """Components that are still alive."""
         return self.processes.running()
+
+    # -- one component: fault injection keeping data, ports, flags and certificates ------------------
+
+    def stop_component(self, name: str, grace: float = 3.0) -> None:
+        """Stop one component (SIGTERM, SIGKILL after `grace` s) and return once its process is gone and its
+        ports are closed. Its data (etcd's data dir, the certificates) stays for start_component."""
+        self._component_args(name)  # refuses an unknown name before anything is stopped
+        self.processes.stop_one(name, grace)
+        deadline = time.monotonic() + 10.0
+        while any(_port_open(p) for p in self._component_ports(name)):
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"{name} stopped but a port of it is still open: {self._component_ports(name)}"
+                )
+            time.sleep(0.05)
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Start one stopped component again with the same flags, ports, data and certificates (clients
+        reconnect unchanged); return once it serves: kube-apiserver /readyz ok, etcd /health true, the
+        others listening (kwok: alive)."""
+        args = self._component_args(name)
+        if name in self.running_pids():
+            raise ClusterError(f"{name} is already running in {self.workdir}: stop_component it first")
+        self.processes.spawn(name, args)
+        deadline = time.monotonic() + timeout
+        if name == "kube-apiserver":
+            self._wait_ready(deadline)
+        elif name == "etcd":
+            self._wait_etcd_healthy(deadline)
+        else:
+            while not all(_port_open(p) for p in self._component_ports(name)):
+                self.processes.check_alive()
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"{name} not listening in time; see {self.processes.log_file(name)}")
+                time.sleep(0.1)
+            self.processes.check_alive()
+
+    def restart_component(self, name: str, down_s: float = 0.0, timeout: float = 60.0) -> None:
+        """stop_component, `down_s` seconds of outage, start_component."""
+        self.stop_component(name)
+        time.sleep(down_s)
+        self.start_component(name, timeout)
+
+    def _component_args(self, name: str) -> list[str]:
+        if name == "etcd":
+            return self._etcd_args()
+        if name == "kube-apiserver":
+            return self._apiserver_args()
+        controllers = self._controller_args()
+        if name not in controllers:
+            known = ", ".join(["etcd", "kube-apiserver", *controllers])
+            raise ClusterError(f"unknown component {name!r}: one of {known}")
+        return controllers[name]
+
+    def _component_ports(self, name: str) -> list[int]:
+        keys = {
+            "etcd": ["etcd", "etcd_peer"],
+            "kube-apiserver": ["apiserver"],
+            "kube-controller-manager": ["controller_manager"],
+            "kube-scheduler": ["scheduler"],
+        }.get(name, [])
+        return [self.ports[k] for k in keys]
+
+    def _wait_etcd_healthy(self, deadline: float) -> None:
+        last = ""
+        while time.monotonic() < deadline:
+            self.processes.check_alive()
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.ports['etcd']}/health", timeout=2) as r:
+                    health = json.loads(r.read())
+                if health.get("health") == "true":
+                    return
+                last = json.dumps(health)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise ClusterError(f"etcd not healthy in time ({last}); see {self.processes.log_file('etcd')}")
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -560,6 +658,19 @@ class LocalCluster:
             return True
         except urllib.error.HTTPError:
             return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal a recorded process and the processes of its group (it leads one: started in a session of its
+    own); a process that is already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 def _alive(pid: int) -> bool:
