@@ -9,15 +9,19 @@ own `ServingModel` (serving/service.py) the way the HTTP layer does, artifacts o
               refit_cuda_engine), verify. `prime_s` is that refit's apply stage.
   hot         >= --refits refits alternating B and A, each a full ServingModel.refit(request): fetch
               + check + stage + reference + digest + lock(apply + verify), no load. The checkpoints are
-              UNPINNED: their sha256 is computed on a thread beside check/stage/reference and waited for
-              (`digest`) before the lock.
-  hot pinned  the same with each checkpoint's sha256 pinned: hashed and compared before it is parsed.
+              UNPINNED: a sha256 still to compute is computed on a thread beside check/stage/reference
+              and waited for (`digest`) before the lock.
+  hot pinned  the same with each checkpoint's sha256 pinned: compared before it is parsed. In both, a
+              file the process already hashed and that is unchanged since is not hashed again
+              (worker/digests.py): the first refit to A and to B hash, the others do not.
+  new file    the same, each refit from a fresh copy of A or B (a new inode): nothing is known about
+              the file, so it is hashed, as a checkpoint seen for the first time; half of them pinned.
   idle        --clients threads send inference requests (the verification inputs, output copied to the
               host as a server answering would) for --load-s seconds; per-request latency.
   refitting   the same load while refits alternate B/A back to back; every response is checked to be
               exactly A's or B's output (never a mix, never an error): failed_requests. Repeated with
               the serving stream at the refit stream's (default) priority, and with the interpreter's
-              GIL switch interval at 0.5 ms, to attribute what is left.
+              GIL switch interval at 0.5 ms, and with pageable copies, to attribute what is left.
   fresh job   a subprocess `python -m trtrefit.worker refit` (the refit Job's command) to B, wall time.
   recompile   torch_tensorrt.dynamo.compile of the source program carrying B, in this (warm) process.
 
@@ -263,6 +267,15 @@ def bench_serving(
         "hot_stages_ms_median_pinned": stage_medians(hot_pinned),
     }
     save()
+    fresh = fresh_file_refits(model, name, root, args)
+    log(f"{name}: hot refits, each from a file never seen before {[round(t['total'], 3) for t in fresh]}")
+    out |= {
+        "hot_total_s_median_new_file": round(median([t["total"] for t in fresh]), 4),
+        "hot_total_s_median_new_file_pinned": round(median([t["total"] for t in fresh if t["pinned"]]), 4),
+        "hot_stages_ms_median_new_file": stage_medians(fresh),
+        "hot_refits_new_file": len(fresh),
+    }
+    save()
 
     think_s = args.think_ms / 1000
     idle = Load(model, inputs, served, think_s).run(args.clients, args.load_s, None)
@@ -291,6 +304,27 @@ def bench_serving(
     if args.attribute_s > 0:
         out["load_beside_one_stage"] = guarded(lambda: attribute_stages(model, root, inputs, served, args))
         save()
+
+
+def fresh_file_refits(model: Any, name: str, root: Path, args: argparse.Namespace) -> list[dict[str, float]]:
+    """Refits from a fresh copy of B or A each time (a new inode, just written): nothing is known about
+    the file, so it is hashed, as a checkpoint seen for the first time is; every other one pinned."""
+    import shutil
+
+    from trtrefit.api.result import Outcome
+
+    timings = []
+    for index in range(args.refits):
+        key = "B" if index % 2 == 0 else "A"
+        copy = root / f"fresh-{index}-{key}.safetensors"
+        shutil.copyfile(root / f"{key}.safetensors", copy)
+        pinned = index % 4 >= 2
+        result = model.refit(request_for(name, root, copy.name, args, pinned=pinned))
+        copy.unlink()
+        if result.outcome != Outcome.PASSED:
+            raise SystemExit(f"{name}: refit to a fresh copy of {key} did not pass: {result.message}")
+        timings.append({**result.timings, "pinned": float(pinned)})
+    return timings
 
 
 def stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
@@ -342,6 +376,7 @@ def variants(
 ) -> dict[str, Any]:
     """The refitting phase again with one thing changed: what the priorities and the GIL account for."""
     from hot_refit_stages import equal_priority
+    from trtrefit.serving import streams
 
     if not hasattr(model._loaded.live, "use_serving_stream"):
         return {}
@@ -349,6 +384,12 @@ def variants(
     log("refitting, the serving stream at the refit stream's priority")
     with equal_priority(model):
         found["equal_priority"] = refitting_phase(model, inputs, served, requests, args)
+    log("refitting, weights and outputs copied through pageable host memory")
+    streams.PAGE_LOCKED_COPIES = False
+    try:
+        found["pageable_copies"] = refitting_phase(model, inputs, served, requests, args)
+    finally:
+        streams.PAGE_LOCKED_COPIES = True
     log(f"refitting, GIL switch interval {SWITCH_INTERVAL_S * 1000} ms")
     saved = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -378,7 +419,7 @@ def attribute_stages(
 
 
 def host(outputs: list[Any]) -> list[Any]:
-    return [t.detach().cpu() for t in outputs]
+    return [t.detach().cpu() for t in outputs]  # ServingModel.infer answers on the host already
 
 
 class Load:
@@ -600,6 +641,10 @@ def render(result: dict[str, Any]) -> str:
         (
             "hot refit total, pinned, median / p90 (s)",
             ("hot_total_s_median_pinned", "hot_total_s_p90_pinned"),
+        ),
+        (
+            "hot refit total, a file never seen before, median: all / pinned (s)",
+            ("hot_total_s_median_new_file", "hot_total_s_median_new_file_pinned"),
         ),
         ("lock held, median (ms)", "hot_lock_ms_median"),
         ("inference p50 / p99 idle (ms)", ("infer_p50_ms_idle", "infer_p99_ms_idle")),

@@ -3,8 +3,8 @@ background thread repeats ONE piece of the server's refit at a time, as ServingM
 (serving/prepare.py, serving/streams.py):
 
   check               load the checkpoint file, check names/shapes against the program and finiteness (CPU)
-  stage               copy the weights to the device and live.stage them (plan + materialize every engine
-                      weight), on the low-priority refit stream
+  stage               copy the weights to the device (through page-locked memory) and live.stage them
+                      (plan + materialize every engine weight), on the low-priority refit stream
   reference           the server's reference: its own live copy of the source program on the GPU, the new
                       weights (already on the device) staged and applied to it, run in IEEE fp32 on the
                       refit stream
@@ -57,7 +57,7 @@ def attribute(
 
     def do_stage() -> None:
         with streams.refit_work(device):
-            live.stage({name: t.to(device) for name, t in states[turn.next()].items()})
+            live.stage({name: streams.to_device(t, device) for name, t in states[turn.next()].items()})
 
     def do_reference() -> None:
         with streams.refit_work(device), exact_fp32(device):

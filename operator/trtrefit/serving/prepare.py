@@ -4,9 +4,10 @@ compute the reference outputs (the source program with the new weights, IEEE fp3
 
 A PINNED checkpoint is hashed and compared before anything parses it. An unpinned local one is only
 reported, so its digest is computed on a thread of its own while it is parsed, checked and staged, and
-waited for before the lock (storage.PendingDigest says what that cannot detect). On a GPU the weights go
-to the device once, on the low-priority refit stream (serving/streams.py), for both the engines' staging
-and the reference.
+waited for before the lock (storage.PendingDigest says what that cannot detect). A local file this process
+already hashed and that is unchanged since is not hashed again (worker/digests.py); its identity is checked
+again after parsing. On a GPU the weights go to the device once, through page-locked memory on the
+low-priority refit stream (serving/streams.py), for both the engines' staging and the reference.
 
 Nothing here touches what serves; every problem is a WorkerError naming the file and the problem.
 """
@@ -74,10 +75,12 @@ def prepare(
             checkpoint = load_checkpoint(checkpoint_file.path, request.checkpoint.uri)
             check_compatible(live.expected_weights(), checkpoint.state, label)
             check_finite(checkpoint.state, label)
+            if isinstance(checkpoint_file, Fetched):
+                checkpoint_file.check_unchanged()  # what was parsed is what was hashed
             inputs = _inputs(request, inputs_file)
         with progress.stage("stage"), streams.refit_work(live.device):
             # One copy to the device, shared by the engines' staging and the reference (read-only in both).
-            weights = {name: t.to(live.device) for name, t in checkpoint.state.items()}
+            weights = {name: streams.to_device(t, live.device) for name, t in checkpoint.state.items()}
             staged = live.stage(weights)
         with progress.stage("reference"), streams.refit_work(live.device):
             expected = _expected_outputs(

@@ -23,6 +23,7 @@ from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.api.serving import ServedCheckpoint, ServingState
+from trtrefit.serving import streams
 from trtrefit.serving.backends import open_live
 from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
@@ -289,16 +290,17 @@ class ServingModel:
 
     # ---- inference ----------------------------------------------------------------------------------
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Outputs for positional inputs, computed wholly with one verified checkpoint."""
+        """Outputs for positional inputs, computed wholly with one verified checkpoint, on the host."""
         loaded = self._loaded
         if loaded is None or self._served is None:
             raise NotReadyError(f"model {self.name} serves no verified checkpoint yet")
         self._check_inputs(inputs)
         with self._lock:
             try:
-                return loaded.live.infer(inputs)
+                outputs = loaded.live.infer(inputs)
             except _RUN_ERRORS as exc:
                 raise InputError(f"the program refused the inputs: {_first_line(exc)}") from exc
+        return [streams.to_host(t) for t in outputs]  # outside the lock: a refit need not wait for it
 
     def _check_inputs(self, inputs: Sequence[torch.Tensor]) -> None:
         if len(inputs) != len(self.inputs):

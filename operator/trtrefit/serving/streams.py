@@ -6,6 +6,11 @@ A stream of its own alone did not help requests (bench/results/hot_refit.md): at
 block scheduler serves kernels first come, first served, so a request waited behind refit kernels already
 queued. At a higher priority its blocks are started before any waiting refit block (running blocks are not
 preempted).
+
+Copies between host and GPU go through page-locked (pinned) host memory: a copy from pageable memory goes
+through the driver's own staging buffers, shared by every copy of the process, so a request's few KB of
+outputs waited behind a refit's hundreds of MB of weights. Page-locked blocks come from PyTorch's caching
+host allocator, so a refit reuses the previous refit's blocks instead of page-locking afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+# The benchmark turns this off to measure what page-locked copies buy (bench/hot_refit.py).
+PAGE_LOCKED_COPIES = True
 
 
 def _priorities() -> tuple[int, int]:
@@ -55,3 +63,24 @@ def refit_work(device: str) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     stream.synchronize()
+
+
+def to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    """`tensor` on `device`; from host to a GPU through a page-locked copy, queued on the current stream
+    (the caller synchronizes it, e.g. at the end of `refit_work`)."""
+    if not device.startswith("cuda") or tensor.device.type != "cpu" or not PAGE_LOCKED_COPIES:
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A GPU tensor copied to page-locked host memory (returns when the bytes are there)."""
+    if not tensor.is_cuda:
+        return tensor
+    if not PAGE_LOCKED_COPIES:
+        return tensor.cpu()
+    import torch
+
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor)
+    return host

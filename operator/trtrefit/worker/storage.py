@@ -24,7 +24,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,14 @@ from urllib.parse import urlsplit
 
 from trtrefit.api.quantity import byte_size
 from trtrefit.api.result import PublishedEngine
+from trtrefit.worker.digests import HASH_BUFFER_BYTES, KNOWN, FileIdentity, hash_file
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.failures import CancelledError, Retry, TruncatedError, with_retries
 from trtrefit.worker.progress import DownloadMeter
 
 __all__ = [  # Retry and the errors are part of this module's interface (fetch's signature, its raises)
     "DEFAULT_MAX_BYTES",
+    "HASH_BUFFER_BYTES",
     "CancelledError",
     "Fetched",
     "PendingDigest",
@@ -54,19 +56,32 @@ __all__ = [  # Retry and the errors are part of this module's interface (fetch's
 ]
 
 CHUNK_BYTES = 8 * 1024 * 1024
-HASH_BUFFER_BYTES = 1024 * 1024  # fits in a core's cache
 DEFAULT_MAX_BYTES = 20 * 1024**3  # per artifact; the largest engines we know of are a few GiB
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """A local copy of an artifact (or the artifact itself when it is a local file) and its digest."""
+    """A local copy of an artifact (or the artifact itself when it is a local file) and its digest. For a
+    file that was already local: its identity when hashed, and whether its digest was already known."""
 
     uri: str
     path: Path
     sha256: str
     size: int
+    identity: FileIdentity | None = None
+    known: bool = False
+
+    def check_unchanged(self) -> None:
+        """For a file read in place: refuse it if it changed since it was hashed (call after parsing it)."""
+        if self.identity is None:
+            return
+        try:
+            now: FileIdentity | None = FileIdentity.of(self.path)
+        except OSError:
+            now = None  # gone meanwhile
+        if now != self.identity:
+            raise WorkerError(_CHANGED.format(uri=self.uri))
 
 
 @dataclass(frozen=True)
@@ -131,60 +146,44 @@ def is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def hash_file(path: Path) -> tuple[str, int]:
-    """(sha256 hex, size) of a local file, read in chunks into one reused buffer (a fresh 8 MiB chunk per
-    read costs page faults; a reused one stays in cache)."""
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(HASH_BUFFER_BYTES)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])  # hashlib releases the GIL for large updates
-            size += count
-    return digest.hexdigest(), size
-
-
 class PendingDigest:
     """The sha256 of an UNPINNED local file, computed on a thread of its own while the caller parses the
-    same file (hashing and reading release the GIL, so they overlap).
+    same file (hashing and reading release the GIL, so they overlap); at once when the file is already
+    known (digests.KnownDigests).
 
-    `result()` waits for the digest and refuses a file whose identity (inode, size, mtime_ns) changed
-    between the start and then. A file rewritten in place with the same size and mtime cannot be told
-    apart: the digest then names the bytes hashed, which may not be the bytes parsed. Only a pinned digest,
-    checked before anything parses the file (`fetch`), proves what was loaded.
+    `result()` waits for the digest and refuses a file whose identity (digests.FileIdentity) changed
+    between the start and then. Only a pinned digest, checked before anything parses the file (`fetch`),
+    proves what was loaded.
     """
 
     def __init__(self, uri: str, path: Path) -> None:
         self.uri = uri
         self.path = path
-        self._before = _identity(path)
-        self._future = _DIGESTS.submit(hash_file, path)
+        self._before = FileIdentity.of(path)
+        known = KNOWN.lookup(path, self._before)
+        self._future: Future[tuple[str, int, bool]] = Future()
+        if known is not None:
+            self._future.set_result((known, self._before.size, True))
+        else:
+            self._future = _DIGESTS.submit(KNOWN.hash, path)
 
     def result(self) -> Fetched:
         try:
-            digest, size = self._future.result()
+            digest, size, known = self._future.result()
         except OSError as exc:
             raise WorkerError(f"{self.uri}: reading it failed: {exc}") from exc
-        try:
-            after: tuple[int, int, int] | None = _identity(self.path)
-        except OSError:
-            after = None  # gone meanwhile
-        if after != self._before or size != self._before[1]:
-            raise WorkerError(
-                f"{self.uri}: the file changed while it was being read (inode, size or mtime); "
-                "refit again once it stays put"
-            )
-        return Fetched(uri=self.uri, path=self.path, sha256=digest, size=size)
+        fetched = Fetched(self.uri, self.path, digest, size, self._before, known)
+        if size != self._before.size:
+            raise WorkerError(_CHANGED.format(uri=self.uri))
+        fetched.check_unchanged()
+        return fetched
 
 
 # One thread is enough: refits run one at a time and each waits for its own digest before it goes on.
 _DIGESTS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+_CHANGED = (
+    "{uri}: the file changed while it was being read (inode, size or times); refit again once it stays put"
+)
 
 
 def digest_later(uri: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> PendingDigest | None:
@@ -256,17 +255,22 @@ def fetch(
 ) -> Fetched:
     """Make `uri` available as a local file, checking the pinned sha256 when one is given.
 
-    Local files are hashed in place (no copy); remote ones are streamed into a fresh folder under
-    `workdir`, which is removed again when the fetch fails. A digest mismatch, an artifact over
-    `max_bytes` and a full disk are permanent and never retried; a set `cancel` stops the download.
+    Local files are hashed in place (no copy), once per content (digests.KnownDigests); remote ones are
+    streamed into a fresh folder under `workdir`, which is removed again when the fetch fails. A digest
+    mismatch, an artifact over `max_bytes` and a full disk are permanent and never retried; a set
+    `cancel` stops the download.
     """
     if max_bytes <= 0:
         raise WorkerError(f"max_bytes {max_bytes}: the size limit per artifact must be positive")
     retry = retry or Retry()
     fs, path = filesystem(uri)
+    identity, known = None, False
     if is_local(fs):
         local = _local_file(uri, Path(path), max_bytes)
-        digest, size = hash_file(local)
+        identity = FileIdentity.of(local)
+        digest, size, known = KNOWN.hash(local)
+        if size != identity.size:
+            raise WorkerError(_CHANGED.format(uri=uri))
     else:
         folder = Path(tempfile.mkdtemp(prefix="fetch-", dir=workdir))
         local = folder / _local_name(uri)
@@ -285,7 +289,7 @@ def fetch(
         if not is_local(fs):
             shutil.rmtree(local.parent, ignore_errors=True)
         raise WorkerError(f"{uri}: sha256 {digest} does not match the pinned {sha256}")
-    return Fetched(uri=uri, path=local, sha256=digest, size=size)
+    return Fetched(uri=uri, path=local, sha256=digest, size=size, identity=identity, known=known)
 
 
 def fetch_all(
