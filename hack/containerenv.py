@@ -82,7 +82,12 @@ def _key_ref(core: Any, kind: str, ref: Any, namespace: str) -> str | None:
 
 
 def basic_env(pod: Any, home: Path, bin_dir: Path | None) -> dict[str, str]:
-    """What an image and the runtime provide before the pod spec's variables."""
+    """What an image and the runtime provide before the pod spec's variables, and nothing else: PATH (the
+    venv's bin first, standing in for the image's install), HOME (a per-pod temp dir, as the image's
+    workdir), HOSTNAME (the pod name, as the runtime sets it), LANG (the image's locale). The S3 endpoint and
+    credentials are NOT injected: they reach the pod only through its spec (the harness puts them in the
+    Secret the pod's envFrom names). The one variable a stand-in adds is the refit pods' termination-log
+    path (fakekubelet.TERMINATION_ENV), because no file can be mounted at /dev/termination-log here."""
     path = SYSTEM_PATH if bin_dir is None else f"{bin_dir}:{SYSTEM_PATH}"
     return {"PATH": path, "HOME": str(home), "HOSTNAME": pod.metadata.name, "LANG": "C.UTF-8"}
 

@@ -76,8 +76,18 @@ def _process(kubelet: FakeKubelet, pod: client.V1Pod) -> Any:
 
 
 def test_pods_wait_for_their_config_then_serve_verified_on_their_own_address(
-    kube_api: client.ApiClient, namespace: str, kubelet: FakeKubelet, artifacts: Artifacts, answers: Answers
+    *,
+    kube_api: client.ApiClient,
+    namespace: str,
+    kubelet: FakeKubelet,
+    artifacts: Artifacts,
+    answers: Answers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Set only in this test runner's environment: neither may reach a pod. The endpoint the pods use comes
+    # from the Secret their envFrom names, so a wrong one here would fail the refit if it leaked.
+    monkeypatch.setenv("TRTREFIT_RUNNER_ONLY", "leaked")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://runner-only.invalid:1")
     client.AppsV1Api(kube_api).create_namespaced_deployment(namespace, serving_deployment(APP, MODEL, 2))
 
     # No ConfigMap yet: the kubelet cannot build the environment; kwok did not make the pods Ready either.
@@ -112,6 +122,7 @@ def test_pods_wait_for_their_config_then_serve_verified_on_their_own_address(
         env = _environ(_process(kubelet, pod).pid)
         assert env[TOKEN_ENV] == TOKEN and env[DESIRED_ENV] == _desired(FIRST)
         assert env["AWS_ENDPOINT_URL"] == artifacts.endpoint and env["HOSTNAME"] == pod.metadata.name
+        assert "TRTREFIT_RUNNER_ONLY" not in env
         assert set(env) == {"PATH", "HOME", "HOSTNAME", "LANG", TOKEN_ENV, DESIRED_ENV, *S3_ENV}
 
 
