@@ -80,6 +80,9 @@ class RefitResult(_Strict):
     api_version: str = Field(default=RESULT_API_VERSION, alias="apiVersion")
     outcome: Outcome
     message: str = ""
+    # An error worth another Job (storage unreachable after the worker's own retries); unset: not known,
+    # and the operator then waits for a change to spec.refitJob or the retry annotation.
+    transient: bool | None = None
     key: str | None = None  # the request's key, echoed
     checkpoint: CheckpointDigest | None = None
     backend: str | None = None

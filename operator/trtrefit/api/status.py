@@ -93,6 +93,33 @@ class RefitOutcome(StrEnum):
     FAILED = "Failed"
 
 
+class FailureKind(StrEnum):
+    """Whether a failed refit is retried on its own (Transient) or waits for a change (Permanent)."""
+
+    TRANSIENT = "Transient"
+    PERMANENT = "Permanent"
+
+
+class RefitFailure(Model):
+    """Why a refit failed and what retries it: a transient failure after a capped exponential backoff, a
+    permanent one once what can fix it changes (spec.refitJob, or the trtrefit.dev/retry annotation)."""
+
+    kind: FailureKind = Field(description="Transient (retried after a backoff) or Permanent (waits).")
+    reason: str = Field(
+        description=(
+            "CamelCase: Evicted, NodeLost, PodDeleted, ResultLost, StorageUnavailable (transient); "
+            "VerificationFailed, WorkerError, OOMKilled, DeadlineExceeded, PodFailed, ResultRefused "
+            "(permanent)."
+        ),
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$",
+        max_length=64,
+    )
+    retry_at: schema.Optional[datetime] = Field(
+        default=None, description="Transient: when the next attempt starts."
+    )
+    waits_for: str = Field(default="", description="Permanent: what a human can change to retry it.")
+
+
 class VerificationSummary(Model):
     """The worst case over all outputs, measured by the worker against the PyTorch reference."""
 
@@ -164,6 +191,27 @@ class LastRefit(Model):
         default="", description="The worker's (or canary's) one-line message, or why the refit failed."
     )
     rollout: schema.Optional[RolloutStatus] = Field(default=None, description="The rollout of this refit.")
+    attempts: schema.Optional[int] = Field(
+        default=None,
+        description="Restart: how many refit Jobs this refit has started, retries included.",
+        ge=1,
+    )
+    failure: schema.Optional[RefitFailure] = Field(
+        default=None, description="Why the refit failed and what retries it."
+    )
+    refit_job_digest: schema.Optional[str] = Field(
+        default=None,
+        description=(
+            "Digest of spec.refitJob and the worker image the Job ran with: a change retries a failure of "
+            "the pod (image, memory, deadline, credentials)."
+        ),
+        max_length=64,
+    )
+    retry_token: schema.Optional[str] = Field(
+        default=None,
+        description="The trtrefit.dev/retry annotation when the Job started: a new value retries a failure.",
+        max_length=256,
+    )
 
 
 class PodCounts(Model):

@@ -18,23 +18,36 @@ from trtrefit.controller.builders import (
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.kube import Cluster, ConflictError, InvalidError, KubeError, NotFoundError, Obj
-from trtrefit.controller.naming import MODEL_UID_LABEL, job_name
-from trtrefit.controller.observe import DeploymentView, JobView, one_line
+from trtrefit.controller.naming import (
+    ATTEMPT_ANNOTATION,
+    MODEL_UID_LABEL,
+    REFIT_JOB_DIGEST_ANNOTATION,
+    RETRY_TOKEN_ANNOTATION,
+    job_name,
+)
+from trtrefit.controller.observe import ApiFailure, DeploymentView, JobView, one_line
 from trtrefit.controller.outcome import RefitObservation
 from trtrefit.controller.plan import Action, CreateJob, DeleteJob, Revert, RollOut
 
 CONFLICT_RETRY_SECONDS = 1.0
 BLOCKED_RETRY_SECONDS = 10.0
+API_ERROR_RETRY_SECONDS = 5.0  # the first retry after an API error; the handler doubles it per attempt
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The observation after the actions, the actions that took effect, and when to look again."""
+class Executed:
+    """The observation after the actions, the actions that took effect, and when to look again (`backoff`:
+    the delay grows with each consecutive retry, for API errors)."""
 
     observed: Observed
     done: tuple[Action, ...]
     retry_after: float | None = None
     retry_reason: str = ""
+    backoff: bool = False
+
+
+def api_failure(exc: KubeError) -> ApiFailure:
+    return ApiFailure(exc.request, exc.status, exc.reason, exc.message)
 
 
 def execute(
@@ -45,19 +58,22 @@ def execute(
     actions: Sequence[Action],
     observed: Observed,
     config: OperatorConfig,
-) -> Outcome:
+) -> Executed:
     done: list[Action] = []
     retry: float | None = None
     reasons: list[str] = []
     for action in actions:
-        if isinstance(action, CreateJob):
-            observed, ok, delay = _create_job(cluster, model, desired, observed, config)
-        elif isinstance(action, DeleteJob):
-            cluster.delete_job(model.metadata.namespace or "", action.job.name, action.job.uid)
-            jobs = tuple(job for job in observed.jobs if job.uid != action.job.uid)
-            observed, ok, delay = dataclasses.replace(observed, jobs=jobs), True, None
-        else:
-            observed, ok, delay = _patch_deployment(cluster, model, action, observed)
+        try:
+            if isinstance(action, CreateJob):
+                observed, ok, delay = _create_job(cluster, model, desired, observed, config, action)
+            elif isinstance(action, DeleteJob):
+                observed, ok, delay = _delete_job(cluster, model, action, observed)
+            else:
+                observed, ok, delay = _patch_deployment(cluster, model, action, observed)
+        except KubeError as exc:  # quota, admission, RBAC, throttling, server errors: status says which
+            failure = api_failure(exc)
+            observed = dataclasses.replace(observed, api_error=failure)
+            return Executed(observed, tuple(done), API_ERROR_RETRY_SECONDS, failure.text(), backoff=True)
         if ok:
             done.append(action)
         if delay is not None:
@@ -65,29 +81,56 @@ def execute(
             reasons.append(
                 observed.job_blocked or f"the Deployment changed while {type(action).__name__} ran"
             )
-    return Outcome(observed, tuple(done), retry, "; ".join(reasons))
+    return Executed(observed, tuple(done), retry, "; ".join(reasons))
 
 
-def _create_job(
-    cluster: Cluster, model: TRTModel, desired: DesiredRefit, observed: Observed, config: OperatorConfig
+def _delete_job(
+    cluster: Cluster, model: TRTModel, action: DeleteJob, observed: Observed
+) -> tuple[Observed, bool, float | None]:
+    cluster.delete_job(model.metadata.namespace or "", action.job.name, action.job.uid)
+    jobs = tuple(
+        dataclasses.replace(job, deleting=True) if job.uid == action.job.uid else job for job in observed.jobs
+    )
+    refit = observed.refit
+    if refit.job is not None and refit.job.uid == action.job.uid:
+        refit = RefitObservation(job=None, replacing=True)
+    return dataclasses.replace(observed, jobs=jobs, refit=refit), True, None
+
+
+def _create_job(  # noqa: PLR0917
+    cluster: Cluster,
+    model: TRTModel,
+    desired: DesiredRefit,
+    observed: Observed,
+    config: OperatorConfig,
+    action: CreateJob,
 ) -> tuple[Observed, bool, float | None]:
     namespace, name = model.metadata.namespace or "", job_name(model.metadata.name, desired.key)
     image = worker_image(model, config)
     if image is None:
         return observed, False, None
+    manifest = build_refit_job(model, desired, image, config)
+    # What the retry policy compares later; on the Job, so a restarted operator reads it back from there.
+    stamps = {
+        ATTEMPT_ANNOTATION: str(action.attempt),
+        REFIT_JOB_DIGEST_ANNOTATION: observed.refit_job_digest,
+    }
+    if observed.retry_token is not None:
+        stamps[RETRY_TOKEN_ANNOTATION] = observed.retry_token
+    manifest["metadata"]["annotations"] = {**manifest["metadata"].get("annotations", {}), **stamps}
     try:
-        job = cluster.create_job(namespace, build_refit_job(model, desired, image, config))
+        job = cluster.create_job(namespace, manifest)
     except ConflictError:
         existing = cluster.read_job(namespace, name)
+        if existing is not None and existing["metadata"].get("deletionTimestamp"):
+            waiting = f"Job {name} of an earlier attempt is still being deleted"
+            return dataclasses.replace(observed, job_blocked=waiting), False, CONFLICT_RETRY_SECONDS
         if existing is None or not _owned_by(existing, model):
             taken = f"Job {name} exists and belongs to another owner; the refit starts once it is deleted"
             return dataclasses.replace(observed, job_blocked=taken), False, BLOCKED_RETRY_SECONDS
         job = existing  # created by an earlier pass whose list did not show it yet
     except InvalidError as exc:
         return dataclasses.replace(observed, job_refused=one_line(exc.message)), False, None
-    except KubeError as exc:  # 403 from a ResourceQuota, for one: it may clear up
-        blocked = f"creating Job {name} failed: {one_line(exc.message)}"
-        return dataclasses.replace(observed, job_blocked=blocked), False, BLOCKED_RETRY_SECONDS
     view = JobView.of(job)
     refit = RefitObservation(job=view)
     return dataclasses.replace(observed, jobs=(*observed.jobs, view), refit=refit), True, None
@@ -116,7 +159,7 @@ def _patch_deployment(
         return observed, False, CONFLICT_RETRY_SECONDS
     except NotFoundError:
         return dataclasses.replace(observed, deployment=None), False, None
-    except InvalidError as exc:
+    except InvalidError as exc:  # an admission webhook or policy may answer 422 too; it names the field
         refused = dataclasses.replace(
             deployment,
             container=None,

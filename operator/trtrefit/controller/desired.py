@@ -42,6 +42,13 @@ def desired_refit(spec: TRTModelSpec) -> DesiredRefit:
     )
 
 
+def refit_job_digest(spec: TRTModelSpec, image: str | None) -> str:
+    """What can fix a failure of the refit pod (image, resources, deadline, credentials), as one digest:
+    kept beside a failed refit, so that changing it retries the refit and a successful one is left alone."""
+    canonical = json.dumps({"refitJob": spec.refit_job.wire(), "image": image}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
 def artifact_uris(spec: TRTModelSpec) -> list[str]:
     """Every URI the spec reads, as written (they may carry a presigned query): what must never be shown."""
     artifacts = (spec.engine, spec.source, spec.checkpoint, spec.verify.inputs)

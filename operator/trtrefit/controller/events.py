@@ -18,6 +18,7 @@ from trtrefit.controller.plan import Action, CreateJob, DeleteJob, Revert, RollO
 NORMAL, WARNING = "Normal", "Warning"
 # Stalled reasons that no refit or rollout Event already explains.
 _STALLED_ALONE = (
+    Step.API_DENIED,
     Step.NO_WORKER_IMAGE,
     Step.JOB_NOT_ALLOWED,
     Step.JOB_REFUSED,
@@ -48,8 +49,17 @@ def action_events(actions: Sequence[Action], model_name: str, spec: TRTModelSpec
     for action in actions:
         if isinstance(action, CreateJob):
             name = job_name(model_name, key)
+            attempt = f" (attempt {action.attempt})" if action.attempt > 1 else ""
             events.append(
-                Event(NORMAL, "RefitStarted", f"Created Job {name} to refit checkpoint {spec.checkpoint.uri}")
+                Event(
+                    NORMAL,
+                    "RefitStarted",
+                    f"Created Job {name}{attempt} to refit checkpoint {spec.checkpoint.uri}",
+                )
+            )
+        elif isinstance(action, DeleteJob) and action.replaced:
+            events.append(
+                Event(NORMAL, "RefitJobReplaced", f"Deleted Job {action.job.name}: {action.replaced}")
             )
         elif isinstance(action, DeleteJob):
             events.append(
@@ -103,7 +113,15 @@ def _refit_event(record: LastRefit, spec: TRTModelSpec) -> Event:
             f"Checkpoint {record.checkpoint.uri} failed verification: {numbers(record, spec)}; "
             "serving untouched",
         )
-    return Event(WARNING, "RefitFailed", f"Job {record.job} failed: {record.message}")
+    failure = record.failure
+    then = ""
+    if failure is not None and failure.retry_at is not None:
+        then = f"; {failure.reason}, retried at {failure.retry_at.isoformat()}"
+    elif failure is not None and failure.waits_for:
+        then = f"; {failure.reason}, runs again on {failure.waits_for}"
+    if failure is not None and failure.reason == "ResultLost":
+        return Event(WARNING, "RefitResultLost", f"{record.message}{then}")
+    return Event(WARNING, "RefitFailed", f"Job {record.job} failed: {record.message}{then}")
 
 
 def status_events(
@@ -125,7 +143,21 @@ def status_events(
             )
         finished.append(Finished("rollout", rollout.outcome.value, rollout.seconds))
     events += condition_events(old, new, spec.paused, _STALLED_ALONE)
+    events += _ready_events(old, new)
     return events, finished
+
+
+# Ready reasons that get an Event when they start (or their message changes) without a Stalled one.
+_READY_ALONE = {Step.API_FAILED: WARNING, Step.QUEUED: NORMAL}
+
+
+def _ready_events(old: TRTModelStatus, new: TRTModelStatus) -> list[Event]:
+    ready, was = new.condition(ConditionType.READY), old.condition(ConditionType.READY)
+    if ready is None or ready.reason not in _READY_ALONE:
+        return []
+    if was is not None and (was.reason, was.message) == (ready.reason, ready.message):
+        return []
+    return [Event(_READY_ALONE[Step(ready.reason)], ready.reason, ready.message)]
 
 
 def condition_events(

@@ -11,8 +11,14 @@ from typing import Any, cast
 import kopf
 
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
-from trtrefit.controller.naming import MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL
-from trtrefit.controller.reconcile import InvalidSpecError, PassResult, delete_refit_jobs, reconcile
+from trtrefit.controller.naming import MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, RETRY_ANNOTATION
+from trtrefit.controller.reconcile import (
+    InvalidSpecError,
+    PassResult,
+    delete_refit_jobs,
+    reconcile,
+    release_deployment,
+)
 from trtrefit.controller.runtime import Runtime
 
 RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a second of a change
@@ -20,6 +26,17 @@ RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a
 # the resync timer covers what waits longer, so a watch stream is never held up for long.
 EVENT_ATTEMPTS = 3
 QUICK_RETRY_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 300.0
+
+
+def retry_delay(result: PassResult, retry: int) -> float | None:
+    """When to run again: the pass's delay, doubled for each consecutive retry of kopf's when it backs off
+    (API errors), at most five minutes."""
+    if result.retry_after is None:
+        return None
+    if not result.backoff:
+        return result.retry_after
+    return min(MAX_BACKOFF_SECONDS, result.retry_after * float(2 ** min(retry, 10)))
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -52,15 +69,15 @@ async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
     return result
 
 
-async def pass_or_retry(runtime: Runtime, namespace: str, name: str) -> None:
+async def pass_or_retry(runtime: Runtime, namespace: str, name: str, retry: int = 0) -> None:
     """For kopf's change handlers and timers: kopf retries the handler after a TemporaryError's delay."""
     try:
         result = await run_pass(runtime, namespace, name)
     except InvalidSpecError as exc:
         raise kopf.PermanentError(str(exc)) from exc
-    if result.retry_after is not None:
-        message = f"{result.retry_reason}; again in {result.retry_after:g} s"
-        raise kopf.TemporaryError(message, delay=result.retry_after)
+    delay = retry_delay(result, retry)
+    if delay is not None:
+        raise kopf.TemporaryError(f"{result.retry_reason}; again in {delay:g} s", delay=delay)
 
 
 async def pass_with_attempts(runtime: Runtime, namespace: str, name: str, logger: kopf.Logger) -> None:
@@ -90,24 +107,38 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def model_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await pass_or_retry(runtime_of(memo), namespace or "", name)
+# `kubectl annotate trtm NAME trtrefit.dev/retry=<new value>`: a failed refit runs once more.
+@kopf.on.update(GROUP, VERSION, PLURAL, field=("metadata", "annotations", RETRY_ANNOTATION))
+async def model_changed(namespace: str | None, name: str, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    await pass_or_retry(runtime_of(memo), namespace or "", name, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    await pass_or_retry(runtime_of(memo), namespace or "", name)
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    await pass_or_retry(runtime_of(memo), namespace or "", name, int(kwargs.get("retry") or 0))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def model_deleted(
-    namespace: str | None, name: str, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+async def model_deleted(  # noqa: PLR0917 (kopf passes these by keyword)
+    namespace: str | None,
+    name: str,
+    uid: str,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     runtime, namespace = runtime_of(memo), namespace or ""
+    deployment = str((spec.get("serving") or {}).get("deploymentName") or "")
     async with runtime.lock(namespace, name):
         deleted = await asyncio.to_thread(delete_refit_jobs, runtime.cluster, namespace, uid)
+        released = bool(deployment) and await asyncio.to_thread(
+            release_deployment, runtime.cluster, namespace, name, deployment
+        )
     if deleted:
         logger.info(f"deleted refit Jobs {', '.join(deleted)}")
+    if released:
+        logger.info(f"released Deployment {deployment}")
     runtime.forget(namespace, name)
 
 

@@ -20,13 +20,14 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
 class KubeError(Exception):
-    """An API request failed in a way the reconcile pass handles."""
+    """An API request failed with an HTTP status; `request` says which (`create Job x`), for status."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, request: str = "") -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.request = request
 
 
 class NotFoundError(KubeError):
@@ -41,23 +42,35 @@ class InvalidError(KubeError):
     """422: the API server refused the object; the message names the field."""
 
 
-def _error(exc: ApiException) -> KubeError:
+def _error(exc: ApiException, request: str) -> KubeError:
     try:
         body = json.loads(exc.body or "{}")
     except ValueError:
         body = {}
+    if not isinstance(body, dict):
+        body = {}
     status = int(exc.status or 0)
     kind = {404: NotFoundError, 409: ConflictError, 422: InvalidError}.get(status, KubeError)
-    return kind(status, body.get("reason", exc.reason or ""), body.get("message", str(exc.body or "")))
+    reason = body.get("reason") or exc.reason or ""
+    return kind(status, str(reason), str(body.get("message") or exc.body or ""), request)
+
+
+def _request(fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """`create job x`: the client method's verb and kind, and the object's name when the call has one."""
+    verb, _, kind = fn.__name__.partition("_namespaced_")
+    named = next((a for a in args if isinstance(a, str)), "") if verb in ("read", "patch", "delete") else ""
+    if kind.startswith("custom_object") and len(args) > 4:  # (group, version, namespace, plural, name)
+        named = str(args[4])
+    if verb == "create" and args and isinstance(args[-1], dict):
+        named = str(args[-1].get("metadata", {}).get("name", ""))
+    return " ".join(part for part in (verb.replace("_", " "), kind.replace("_", " "), named) if part)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
     try:
         response = fn(*args, _preload_content=False, **kwargs)
-    except ApiException as exc:
-        if exc.status in (404, 409, 422):
-            raise _error(exc) from exc
-        raise
+    except ApiException as exc:  # every HTTP error status: the pass reports it (kube errors are data here)
+        raise _error(exc, _request(fn, args)) from exc
     data: Obj = json.loads(response.data or b"{}")
     return data
 

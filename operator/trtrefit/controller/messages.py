@@ -48,6 +48,13 @@ def step_message(
     job = record.job if record is not None else ""
     view = observed.deployment
     detail = f": {record.message}" if record is not None and record.message else ""
+    failure = record.failure if record is not None else None
+    waits = f"; it runs again on {failure.waits_for}" if failure is not None and failure.waits_for else ""
+    attempt = (record.attempts or 1) + 1 if record is not None else 1
+    retry_at = failure.retry_at.isoformat() if failure is not None and failure.retry_at else "once it is due"
+    api = observed.api_error.text() if observed.api_error is not None else ""
+    queued = observed.refit.job
+    queue = f"its queue {queued.queue} admits it" if queued is not None and queued.queue else "it is resumed"
     messages = {
         Step.NEEDS_JOB: f"refit of checkpoint {checkpoint} not started yet",
         Step.NO_WORKER_IMAGE: (
@@ -57,12 +64,29 @@ def step_message(
         Step.JOB_NOT_ALLOWED: f"no refit Job for checkpoint {checkpoint}: {observed.not_allowed}",
         Step.JOB_BLOCKED: f"refit of checkpoint {checkpoint} waits: {observed.job_blocked}",
         Step.JOB_REFUSED: f"the API server refused the refit Job: {observed.job_refused}",
+        Step.API_DENIED: (
+            f"{api}; a human must act (RBAC, a ResourceQuota or an admission policy); retried with backoff"
+        ),
+        Step.API_FAILED: f"{api}; retried with backoff",
+        Step.QUEUED: (
+            f"refit Job {queued.name if queued else job} is queued: suspended (spec.suspend) until {queue}"
+        ),
+        Step.JOB_OUTDATED: (
+            f"refit Job {queued.name if queued else job} was built from an earlier spec.refitJob or worker "
+            "image; replacing it"
+        ),
         Step.REFITTING: f"refit Job {job} is running for checkpoint {checkpoint}{detail}",
+        Step.RETRY_SCHEDULED: (
+            f"refit Job {job} for checkpoint {checkpoint} failed "
+            f"({failure.reason if failure else 'Unknown'}{detail}); attempt {attempt} starts at {retry_at}"
+        ),
         Step.VERIFICATION_FAILED: (
             f"checkpoint {checkpoint} failed verification ({numbers(record, spec) if record else ''}); "
-            "serving is untouched"
+            f"serving is untouched{waits}"
         ),
-        Step.REFIT_FAILED: f"refit Job {job} for checkpoint {checkpoint} failed{detail}; serving untouched",
+        Step.REFIT_FAILED: (
+            f"refit Job {job} for checkpoint {checkpoint} failed{detail}; serving untouched{waits}"
+        ),
         Step.NO_DEPLOYMENT: (
             f"Deployment {deployment} not found; verified engine {_engine(record)} waits for it to exist"
         ),

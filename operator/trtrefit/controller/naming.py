@@ -27,6 +27,14 @@ CHECKPOINT_SHA256_ANNOTATION = f"{PREFIX}/checkpoint-sha256"
 MODEL_ANNOTATION = f"{PREFIX}/model"
 REVERTED_ANNOTATION = f"{PREFIX}/reverted-refit"  # the refit whose rollout failed and was reverted
 
+# On the TRTModel: any new value retries a failed refit once more (`kubectl annotate trtm NAME ...=2`).
+RETRY_ANNOTATION = f"{PREFIX}/retry"
+# On refit Jobs: what the retry policy compares against the spec, kept with the Job so status can be rebuilt.
+ATTEMPT_ANNOTATION = f"{PREFIX}/attempt"
+REFIT_JOB_DIGEST_ANNOTATION = f"{PREFIX}/refit-job-digest"
+RETRY_TOKEN_ANNOTATION = f"{PREFIX}/retry-token"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits a Job by lifting its spec.suspend
+
 WORKER_CONTAINER = "refit"
 MAX_NAME = 63
 

@@ -14,11 +14,16 @@ from pydantic import ValidationError
 from trtrefit.api.result import RefitResult
 from trtrefit.api.spec import ServingSpec
 from trtrefit.controller.naming import (
+    ATTEMPT_ANNOTATION,
     CHECKPOINT_ANNOTATION,
     CHECKPOINT_SHA256_ANNOTATION,
     ENGINE_SHA256_ANNOTATION,
+    KUEUE_QUEUE_LABEL,
+    MODEL_ANNOTATION,
+    REFIT_JOB_DIGEST_ANNOTATION,
     REFIT_KEY_ANNOTATION,
     REFIT_KEY_LABEL,
+    RETRY_TOKEN_ANNOTATION,
     REVERTED_ANNOTATION,
     WORKER_CONTAINER,
 )
@@ -61,10 +66,17 @@ class JobView:
     finished_at: datetime | None = None
     reason: str = ""  # why a Job failed: BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy
     message: str = ""
+    attempt: int = 1  # the how-manieth Job of its refit
+    refit_job_digest: str = ""  # of the spec.refitJob (and image) it was built from
+    retry_token: str | None = None  # the model's retry annotation when it was created
+    suspended: bool = False  # spec.suspend: a queue (Kueue) has not admitted it yet
+    queue: str = ""  # its Kueue queue-name label
 
     @classmethod
     def of(cls, job: Obj) -> JobView:
         meta, status = job["metadata"], job.get("status", {})
+        annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
+        attempt = str(annotations.get(ATTEMPT_ANNOTATION, "1"))
         conditions = _conditions(job)
         complete, failed = conditions.get("Complete", {}), conditions.get("Failed", {})
         if failed.get("status") == "True":
@@ -83,6 +95,11 @@ class JobView:
             finished_at=parse_time(status.get("completionTime") or ended.get("lastTransitionTime")),
             reason=ended.get("reason", "") if state is JobState.FAILED else "",
             message=one_line(ended.get("message", "")) if state is JobState.FAILED else "",
+            attempt=int(attempt) if attempt.isdigit() and int(attempt) > 0 else 1,
+            refit_job_digest=str(annotations.get(REFIT_JOB_DIGEST_ANNOTATION, "")),
+            retry_token=annotations.get(RETRY_TOKEN_ANNOTATION),
+            suspended=bool((job.get("spec") or {}).get("suspend")) and state is JobState.RUNNING,
+            queue=str(labels.get(KUEUE_QUEUE_LABEL, "")),
         )
 
 
@@ -95,6 +112,8 @@ class PodReport:
     finished_at: datetime | None
     raw_message: str
     result: RefitResult | None
+    reason: str = ""  # the container's (OOMKilled, Error) or, when set, the pod's (Evicted, NodeLost)
+    disrupted: bool = False  # the pod has a DisruptionTarget condition: evicted, preempted, node gone
 
     @property
     def summary(self) -> str:
@@ -142,12 +161,15 @@ def pod_report(pods: Sequence[Obj], job_uid: str) -> PodReport | None:
         return None
     pod, term = max(finished, key=lambda item: item[1].get("finishedAt") or "")
     message = term.get("message") or ""
+    disruption = _conditions(pod).get("DisruptionTarget", {})
     return PodReport(
         pod=pod["metadata"]["name"],
         exit_code=int(term.get("exitCode", -1)),
         finished_at=parse_time(term.get("finishedAt")),
         raw_message=message,
         result=_parse_result(message),
+        reason=str(pod.get("status", {}).get("reason") or term.get("reason") or ""),
+        disrupted=disruption.get("status") == "True",
     )
 
 
@@ -168,6 +190,24 @@ def pod_progress(pods: Sequence[Obj], job_uid: str) -> PodProgress | None:
                 name, one_line(f"{scheduled.get('reason', 'Unschedulable')}: {scheduled.get('message', '')}")
             )
     return None
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    """An API request of this pass that the API server answered with an error status."""
+
+    request: str  # `create job tiny-refit-0123456789`
+    status: int
+    reason: str  # the Status object's reason: Forbidden, TooManyRequests, InternalError, ...
+    message: str
+
+    @property
+    def needs_human(self) -> bool:
+        """401/403: RBAC, a ResourceQuota or an admission policy refused it."""
+        return self.status in (401, 403)
+
+    def text(self) -> str:
+        return one_line(f"{self.request} failed: HTTP {self.status} {self.reason}: {self.message}")
 
 
 class RolloutState(StrEnum):
@@ -191,6 +231,7 @@ class DeploymentView:
     checkpoint_uri: str | None
     checkpoint_sha256: str | None
     reverted_key: str | None
+    claimed_by: str | None = None  # the trtrefit.dev/model annotation: the TRTModel this Deployment serves
     env_from_source: bool = False  # the engine env var currently comes from valueFrom
     replicas: int = 1
     observed_generation: int = 0
@@ -221,6 +262,7 @@ class DeploymentView:
             checkpoint_uri=annotations.get(CHECKPOINT_ANNOTATION),
             checkpoint_sha256=annotations.get(CHECKPOINT_SHA256_ANNOTATION),
             reverted_key=(meta.get("annotations") or {}).get(REVERTED_ANNOTATION),
+            claimed_by=(meta.get("annotations") or {}).get(MODEL_ANNOTATION),
             env_from_source="valueFrom" in engine_env,
             replicas=int(spec.get("replicas", 1)),
             observed_generation=int(status.get("observedGeneration", 0)),

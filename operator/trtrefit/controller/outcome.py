@@ -6,46 +6,90 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from trtrefit.api.result import Outcome, RefitResult, Verification
-from trtrefit.api.status import Digest, LastRefit, RefitOutcome, VerificationSummary
+from trtrefit.api.status import (
+    Digest,
+    FailureKind,
+    LastRefit,
+    RefitFailure,
+    RefitOutcome,
+    VerificationSummary,
+)
 from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.observe import JobState, JobView, PodProgress, PodReport
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 TERMINAL = (RefitOutcome.PASSED, RefitOutcome.VERIFICATION_FAILED, RefitOutcome.FAILED)
+FIRST_RETRY = timedelta(seconds=10)  # a transient failure's first retry; doubled each attempt
+MAX_RETRY = timedelta(minutes=10)
+
+# Pod reasons (status.reason) of pods the platform took away; another Job may well succeed.
+_TRANSIENT_POD_REASONS = {
+    "Evicted": "Evicted",
+    "NodeLost": "NodeLost",
+    "Terminated": "NodeLost",  # set by the pod GC when a node is gone
+    "UnexpectedAdmissionError": "Evicted",
+    "Preempting": "Evicted",
+}
+WAITS_FOR_POD_FIX = (
+    "a change to spec.refitJob (image, resources, activeDeadlineSeconds, env/envFrom credentials) or a new "
+    "value of the trtrefit.dev/retry annotation"
+)
+WAITS_FOR_NEW_INPUT = (
+    "a new spec.checkpoint, engine or verify settings, or a new value of the trtrefit.dev/retry annotation"
+)
 
 
 @dataclass(frozen=True)
 class RefitObservation:
-    """The desired refit's Job (if any) and what its pods say."""
+    """The desired refit's Job (if any), what its pods say, and whether a Job of it is being deleted."""
 
     job: JobView | None
     report: PodReport | None = None
     progress: PodProgress | None = None
+    replacing: bool = False
 
 
 def desired_job(jobs: Sequence[JobView], key: str) -> JobView | None:
-    """The refit Job of this key that is not being deleted."""
-    return next((job for job in jobs if job.key == key and not job.deleting), None)
+    """The newest refit Job of this key that is not being deleted."""
+    live = [job for job in jobs if job.key == key and not job.deleting]
+    return max(live, key=lambda job: job.attempt, default=None)
 
 
 def needs_pods(job: JobView | None, previous: LastRefit | None, key: str) -> bool:
     """Whether the pods must be read: the Job is running (for progress) or ended and not yet recorded."""
     if job is None:
         return False
-    return not (previous is not None and previous.key == key and previous.outcome in TERMINAL)
+    return not _recorded(previous, key, job)
+
+
+def _recorded(previous: LastRefit | None, key: str, job: JobView | None) -> bool:
+    """The record in status already holds this key's outcome, and no newer attempt has started."""
+    if previous is None or previous.key != key or previous.outcome not in TERMINAL:
+        return False
+    return job is None or job.attempt <= (previous.attempts or 1)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Capped exponential backoff: 10 s after the first failed attempt, doubling, at most 10 minutes."""
+    doubled: timedelta = FIRST_RETRY * float(2 ** min(max(attempts - 1, 0), 16))
+    return min(MAX_RETRY, doubled)
 
 
 def refit_record(
-    desired: DesiredRefit, seen: RefitObservation, previous: LastRefit | None
+    desired: DesiredRefit, seen: RefitObservation, previous: LastRefit | None, now: datetime | None = None
 ) -> LastRefit | None:
     """The LastRefit of the desired refit, or None when it has not started (and none is recorded)."""
-    if previous is not None and previous.key == desired.key and previous.outcome in TERMINAL:
-        return previous  # the durable record; the Job may be gone
     job = seen.job
+    if _recorded(previous, desired.key, job):
+        return previous  # the durable record; the Job may be gone
     if job is None:
-        return previous if previous is not None and previous.key == desired.key else None
+        mine = previous if previous is not None and previous.key == desired.key else None
+        if mine is not None and mine.outcome is RefitOutcome.RUNNING and mine.job and not seen.replacing:
+            return _lost(mine, now)
+        return mine
     base = LastRefit(
         key=desired.key,
         job=job.name,
@@ -53,13 +97,71 @@ def refit_record(
         outcome=RefitOutcome.RUNNING,
         started_at=job.started_at,
         message=seen.progress.message if seen.progress else "",
+        attempts=job.attempt,
+        refit_job_digest=job.refit_job_digest or None,
+        retry_token=job.retry_token,
     )
     if job.state is JobState.RUNNING:
         return base
     finished = job.finished_at or (seen.report.finished_at if seen.report else None)
     seconds = (finished - job.started_at).total_seconds() if finished and job.started_at else None
     ended = base.model_copy(update={"finished_at": finished, "seconds": seconds, "message": ""})
-    return _with_result(ended, job, seen.report, desired.publish)
+    record = _with_result(ended, job, seen.report, desired.publish)
+    if record.outcome is RefitOutcome.PASSED:
+        return record
+    failure = classify(job, seen.report, record)
+    if failure.kind is FailureKind.TRANSIENT:
+        since = finished or now
+        retry_at = since + retry_delay(record.attempts or 1) if since is not None else None
+        failure = failure.model_copy(update={"retry_at": retry_at})
+    return record.model_copy(update={"failure": failure})
+
+
+def _lost(running: LastRefit, now: datetime | None) -> LastRefit:
+    """The Job of a running refit is gone before its result was read (deleted by hand or by its TTL while
+    the operator was away): say so, and run it again after the backoff."""
+    retry_at = now + retry_delay(running.attempts or 1) if now is not None else None
+    return running.model_copy(
+        update={
+            "outcome": RefitOutcome.FAILED,
+            "finished_at": running.finished_at or now,
+            "message": f"refit Job {running.job} was deleted before its result was read",
+            "failure": RefitFailure(kind=FailureKind.TRANSIENT, reason="ResultLost", retry_at=retry_at),
+        }
+    )
+
+
+def classify(  # noqa: PLR0911 (one return per class of failure reads best)
+    job: JobView, report: PodReport | None, record: LastRefit
+) -> RefitFailure:
+    """Transient (the platform took the pod away, storage was unreachable) or permanent (the same Job would
+    fail the same way), with what can fix a permanent one."""
+    result = report.result if report is not None else None
+
+    def permanent(reason: str, waits_for: str = WAITS_FOR_POD_FIX) -> RefitFailure:
+        return RefitFailure(kind=FailureKind.PERMANENT, reason=reason, waits_for=waits_for)
+
+    if record.outcome is RefitOutcome.VERIFICATION_FAILED:
+        return permanent("VerificationFailed", WAITS_FOR_NEW_INPUT)
+    if result is not None and result.outcome is Outcome.PASSED:
+        return permanent("ResultRefused", WAITS_FOR_NEW_INPUT)  # a result we cannot trust
+    if result is not None and result.outcome is Outcome.ERROR:
+        if result.transient:
+            return RefitFailure(kind=FailureKind.TRANSIENT, reason="StorageUnavailable")
+        return permanent("WorkerError")
+    if job.reason == "DeadlineExceeded":
+        return permanent("DeadlineExceeded")
+    if report is not None and (
+        report.reason == "OOMKilled" or (report.exit_code == 137 and not report.disrupted)
+    ):
+        return permanent("OOMKilled")
+    if report is not None and (report.disrupted or report.reason in _TRANSIENT_POD_REASONS):
+        return RefitFailure(
+            kind=FailureKind.TRANSIENT, reason=_TRANSIENT_POD_REASONS.get(report.reason, "Evicted")
+        )
+    if report is None:
+        return RefitFailure(kind=FailureKind.TRANSIENT, reason="PodDeleted")  # no pod left a result
+    return permanent("PodFailed")
 
 
 def _with_result(ended: LastRefit, job: JobView, report: PodReport | None, publish: str | None) -> LastRefit:

@@ -13,15 +13,19 @@ from trtrefit.controller.observe import JobState, JobView
 
 @dataclass(frozen=True)
 class CreateJob:
-    """Start the refit Job of the desired refit."""
+    """Start the refit Job of the desired refit; `attempt` counts its Jobs, retries included."""
+
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
 class DeleteJob:
-    """Delete a refit Job of a refit that is no longer desired."""
+    """Delete a refit Job of a refit that is no longer desired, or one about to be replaced (`replaced`
+    says why: a retry, or a spec.refitJob that changed while it ran)."""
 
     job: JobView
     superseded_by: Digest
+    replaced: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,22 @@ def plan(
         for job in observed.jobs
         if job.key != desired.key and job.state is JobState.RUNNING and not job.deleting
     ]
-    step_action = _step_action(desired, assessment.step, assessment.record, serving)
+    record, job = assessment.record, observed.refit.job
+    attempt = (record.attempts or 1) + 1 if record is not None and record.key == desired.key else 1
+    if assessment.step is Step.JOB_OUTDATED and job is not None:
+        why = "spec.refitJob or the worker image changed while it ran"
+        return [*actions, DeleteJob(job, desired.checkpoint, replaced=why), CreateJob(attempt)]
+    if assessment.step is Step.NEEDS_JOB and job is not None and not job.deleting:
+        actions.append(DeleteJob(job, desired.checkpoint, replaced="its refit failed and is retried"))
+    step_action = _step_action(desired, assessment.step, record, serving, attempt)
     return actions if step_action is None else [*actions, step_action]
 
 
 def _step_action(
-    desired: DesiredRefit, step: Step, record: LastRefit | None, serving: ServingStatus | None
+    desired: DesiredRefit, step: Step, record: LastRefit | None, serving: ServingStatus | None, attempt: int
 ) -> Action | None:
     if step is Step.NEEDS_JOB:
-        return CreateJob()
+        return CreateJob(attempt)
     if step is Step.NEEDS_ROLLOUT and record is not None and record.engine is not None:
         return RollOut(engine=record.engine, checkpoint=desired.checkpoint, key=desired.key)
     if step is Step.ROLLOUT_FAILED:

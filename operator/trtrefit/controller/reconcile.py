@@ -15,24 +15,27 @@ from pydantic import ValidationError
 
 from trtrefit.api.redact import redact_text
 from trtrefit.api.spec import RolloutStrategy
-from trtrefit.api.status import Phase, TRTModelStatus
+from trtrefit.api.status import ConditionType, Phase, TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
-from trtrefit.controller.act import execute
-from trtrefit.controller.assess import Observed, assess
+from trtrefit.controller.act import API_ERROR_RETRY_SECONDS, api_failure, execute
+from trtrefit.controller.assess import Observed, Step, assess
 from trtrefit.controller.builders import worker_image
 from trtrefit.controller.config import OperatorConfig
-from trtrefit.controller.desired import DesiredRefit, artifact_uris, desired_refit
-from trtrefit.controller.events import Event, Finished, action_events, status_events
+from trtrefit.controller.desired import DesiredRefit, artifact_uris, desired_refit, refit_job_digest
+from trtrefit.controller.events import WARNING, Event, Finished, action_events, status_events
 from trtrefit.controller.inplace import reconcile_in_place
-from trtrefit.controller.kube import Cluster, Obj
-from trtrefit.controller.naming import MODEL_UID_LABEL, REFIT_KEY_LABEL
+from trtrefit.controller.kube import Cluster, ConflictError, KubeError, NotFoundError, Obj
+from trtrefit.controller.naming import MODEL_ANNOTATION, MODEL_UID_LABEL, REFIT_KEY_LABEL, RETRY_ANNOTATION
 from trtrefit.controller.observe import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
 from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pods
 from trtrefit.controller.patches import merge_patch
 from trtrefit.controller.plan import plan
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.policy import refit_job_violation
-from trtrefit.controller.status import compute_status, invalid_spec_status
+from trtrefit.controller.status import blocked_status, compute_status, invalid_spec_status
+
+DEPLOYMENT_CLAIMED = "DeploymentClaimed"
+CLAIM_RETRY_SECONDS = 30.0  # a safety net: deleting the owner releases the claim, and that triggers a pass
 
 
 class InvalidSpecError(Exception):
@@ -50,6 +53,7 @@ class PassResult:
     finished: list[Finished] = field(default_factory=list)
     retry_after: float | None = None
     retry_reason: str = ""
+    backoff: bool = False  # the delay is the first of a series that grows with each retry (API errors)
     wrote_status: bool = False
 
 
@@ -68,7 +72,8 @@ def observe(cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: Op
     namespace, uid = model.metadata.namespace or "", model.metadata.uid or ""
     jobs = tuple(JobView.of(job) for job in cluster.list_jobs(namespace, uid))
     job = desired_job(jobs, desired.key)
-    refit = RefitObservation(job=job)
+    replacing = any(j.key == desired.key and j.deleting for j in jobs)
+    refit = RefitObservation(job=job, replacing=replacing)
     if job is not None and needs_pods(job, model.status.last_refit, desired.key):
         pods = cluster.list_pods(namespace, f"{MODEL_UID_LABEL}={uid},{REFIT_KEY_LABEL}={desired.key}")
         if job.state is JobState.RUNNING:
@@ -80,7 +85,15 @@ def observe(cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: Op
     deployment = DeploymentView.of(found, serving) if found is not None else None
     image = worker_image(model, config)
     not_allowed = refit_job_violation(model, image, config)
-    return Observed(jobs, refit, deployment, has_worker_image=image is not None, not_allowed=not_allowed)
+    return Observed(
+        jobs,
+        refit,
+        deployment,
+        has_worker_image=image is not None,
+        not_allowed=not_allowed,
+        refit_job_digest=refit_job_digest(model.spec, image),
+        retry_token=model.metadata.annotations.get(RETRY_ANNOTATION),
+    )
 
 
 def reconcile(
@@ -107,13 +120,27 @@ def reconcile(
         status = invalid_spec_status(body.get("status") or {}, generation, message, now)
         _write_status(cluster, body, status)
         raise InvalidSpecError(message) from exc
-    if model.spec.rollout.strategy is RolloutStrategy.IN_PLACE:
-        return _in_place(cluster, pods or PodClient(), model, body, clock=clock or (lambda: now))
+    try:
+        owner = claim_deployment(cluster, model)
+        if owner:
+            return _claimed(cluster, model, body, owner, now)
+        if model.spec.rollout.strategy is RolloutStrategy.IN_PLACE:
+            return _in_place(cluster, pods or PodClient(), model, body, clock=clock or (lambda: now))
+        return _restart(cluster, config, model, body, now)
+    except KubeError as exc:  # a read or write outside the actions: say which, then retry with backoff
+        return _api_error(cluster, model, body, exc, now)
+
+
+def _restart(
+    cluster: Cluster, config: OperatorConfig, model: TRTModel, body: Obj, now: datetime
+) -> PassResult:
+    name = model.metadata.name
+    generation = int(body["metadata"].get("generation", 0))
     desired = desired_refit(model.spec)
     observed = observe(cluster, model, desired, config)
     actions = plan(
         desired,
-        assess(desired, observed, model.status.last_refit),
+        assess(desired, observed, model.status.last_refit, now=now),
         observed,
         model.status.serving,
         model.spec.paused,
@@ -121,7 +148,13 @@ def reconcile(
     outcome = execute(
         cluster, model=model, desired=desired, actions=actions, observed=observed, config=config
     )
-    assessment = assess(desired, outcome.observed, model.status.last_refit)
+    assessment = assess(desired, outcome.observed, model.status.last_refit, now=now)
+    retry_after, retry_reason = outcome.retry_after, outcome.retry_reason
+    failure = assessment.record.failure if assessment.record is not None else None
+    if assessment.step is Step.RETRY_SCHEDULED and failure is not None and failure.retry_at is not None:
+        wait = max(1.0, (failure.retry_at - now).total_seconds())
+        if retry_after is None or wait < retry_after:
+            retry_after, retry_reason = wait, f"a transient failure ({failure.reason}) is retried"
     status = compute_status(
         model.spec,
         generation=generation,
@@ -140,8 +173,135 @@ def reconcile(
         phase=status.phase,
         events=_redacted(events + transitions, hidden),
         finished=finished,
-        retry_after=outcome.retry_after,
-        retry_reason=outcome.retry_reason,
+        retry_after=retry_after,
+        retry_reason=retry_reason,
+        backoff=outcome.backoff,
+        wrote_status=wrote,
+    )
+
+
+def claim_deployment(cluster: Cluster, model: TRTModel) -> str:
+    """The other TRTModel the serving Deployment serves, or "" after making sure it serves this one: its
+    trtrefit.dev/model annotation is the claim. A claim whose model is gone or names another Deployment
+    is stale and taken over; the write is conditional, so of two models claiming at once one wins."""
+    namespace, name = model.metadata.namespace or "", model.metadata.name
+    deployment_name = model.spec.serving.deployment_name
+    for _ in range(2):
+        found = cluster.get_deployment(namespace, deployment_name)
+        if found is None:
+            return ""
+        meta = found["metadata"]
+        owner = (meta.get("annotations") or {}).get(MODEL_ANNOTATION)
+        if owner == name:
+            return ""
+        if owner and _claims(cluster.get_model(namespace, owner), deployment_name):
+            return str(owner)
+        claim = {
+            "metadata": {
+                "resourceVersion": meta.get("resourceVersion"),
+                "annotations": {MODEL_ANNOTATION: name},
+            }
+        }
+        try:
+            cluster.patch_deployment(namespace, deployment_name, claim)
+            return ""
+        except ConflictError:  # changed since read (perhaps claimed by another model): read again
+            continue
+        except NotFoundError:
+            return ""
+    return ""
+
+
+def _claims(owner: Obj | None, deployment_name: str) -> bool:
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return False
+    serving = (owner.get("spec") or {}).get("serving") or {}
+    return bool(serving.get("deploymentName") == deployment_name)
+
+
+def release_deployment(cluster: Cluster, namespace: str, name: str, deployment_name: str) -> bool:
+    """Drop this model's claim on its Deployment (it is being deleted), so a model waiting for it proceeds."""
+    found = cluster.get_deployment(namespace, deployment_name)
+    if found is None or (found["metadata"].get("annotations") or {}).get(MODEL_ANNOTATION) != name:
+        return False
+    release = {
+        "metadata": {
+            "resourceVersion": found["metadata"].get("resourceVersion"),
+            "annotations": {MODEL_ANNOTATION: None},
+        }
+    }
+    try:
+        cluster.patch_deployment(namespace, deployment_name, release)
+    except (ConflictError, NotFoundError):
+        return False
+    return True
+
+
+def _claimed(cluster: Cluster, model: TRTModel, body: Obj, owner: str, now: datetime) -> PassResult:
+    deployment = model.spec.serving.deployment_name
+    message = (
+        f"Deployment {deployment} serves TRTModel {owner} (its {MODEL_ANNOTATION} annotation); a Deployment "
+        f"serves one TRTModel: name another Deployment, or delete {owner} to release it"
+    )
+    return _blocked(
+        cluster,
+        model,
+        body,
+        DEPLOYMENT_CLAIMED,
+        message,
+        stalled=True,
+        now=now,
+        retry_after=CLAIM_RETRY_SECONDS,
+        backoff=False,
+    )
+
+
+def _api_error(cluster: Cluster, model: TRTModel, body: Obj, exc: KubeError, now: datetime) -> PassResult:
+    failure = api_failure(exc)
+    step = Step.API_DENIED if failure.needs_human else Step.API_FAILED
+    why = "a human must act (RBAC, a ResourceQuota or an admission policy); " if failure.needs_human else ""
+    message = f"{failure.text()}; {why}retried with backoff"
+    return _blocked(
+        cluster,
+        model,
+        body,
+        step.value,
+        message,
+        stalled=failure.needs_human,
+        now=now,
+        retry_after=API_ERROR_RETRY_SECONDS,
+        backoff=True,
+    )
+
+
+def _blocked(
+    cluster: Cluster,
+    model: TRTModel,
+    body: Obj,
+    reason: str,
+    message: str,
+    *,
+    stalled: bool,
+    now: datetime,
+    retry_after: float,
+    backoff: bool,
+) -> PassResult:
+    generation = int(body["metadata"].get("generation", 0))
+    status = blocked_status(
+        model.status, generation, reason=reason, message=message, stalled=stalled, now=now
+    )
+    hidden = artifact_uris(model.spec)
+    wrote = _write_status(cluster, body, status, hidden)
+    before = model.status.condition(ConditionType.READY)
+    changed = before is None or (before.reason, before.message) != (reason, message)
+    events = [Event(WARNING, reason, message)] if changed else []
+    return PassResult(
+        reference=reference(body),
+        phase=status.phase,
+        events=_redacted(events, hidden),
+        retry_after=retry_after,
+        retry_reason=message,
+        backoff=backoff,
         wrote_status=wrote,
     )
 

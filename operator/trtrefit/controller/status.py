@@ -4,6 +4,7 @@ what was observed (after this pass's actions) and an injected `now`. Nothing els
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from trtrefit.api.status import (
     Digest,
     LastRefit,
     Phase,
+    RefitOutcome,
     RolloutOutcome,
     RolloutStatus,
     ServingStatus,
@@ -46,7 +48,12 @@ _ROWS: dict[Step, Row] = {
     Step.JOB_NOT_ALLOWED: Row(Phase.PENDING, False, True, c.U, c.WAITING_FOR_REFIT),
     Step.JOB_BLOCKED: Row(Phase.PENDING, True, False, c.U, c.WAITING_FOR_REFIT),
     Step.JOB_REFUSED: Row(Phase.PENDING, False, True, c.U, c.WAITING_FOR_REFIT),
+    Step.API_DENIED: Row(Phase.PENDING, False, True, c.U, c.WAITING_FOR_REFIT),
+    Step.API_FAILED: Row(Phase.PENDING, True, False, c.U, c.WAITING_FOR_REFIT),
+    Step.QUEUED: Row(Phase.PENDING, True, False, c.U, c.WAITING_FOR_REFIT),
+    Step.JOB_OUTDATED: Row(Phase.REFITTING, True, False, c.U, c.WAITING_FOR_REFIT),
     Step.REFITTING: Row(Phase.REFITTING, True, False, c.U, c.WAITING_FOR_REFIT),
+    Step.RETRY_SCHEDULED: Row(Phase.REFITTING, True, False, c.U, c.WAITING_FOR_REFIT),
     Step.VERIFICATION_FAILED: Row(Phase.FAILED, False, True, c.F, c.NOT_VERIFIED),
     Step.REFIT_FAILED: Row(Phase.FAILED, False, True, c.U, c.NOT_VERIFIED),
     Step.NO_DEPLOYMENT: Row(Phase.PENDING, False, True, c.T, Step.NO_DEPLOYMENT.value),
@@ -92,6 +99,9 @@ def _conditions(
     step: Step, paused: bool, message: str, record: LastRefit | None, spec: TRTModelSpec
 ) -> list[c.Observation]:
     row = _ROWS[step]
+    if step in (Step.API_DENIED, Step.API_FAILED) and record is not None:  # the refit's verdict stands
+        verdict = {RefitOutcome.PASSED: c.T, RefitOutcome.VERIFICATION_FAILED: c.F}
+        row = dataclasses.replace(row, verified=verdict.get(record.outcome, c.U))
     ready = step is Step.READY
     reconciling = c.Observation(
         ConditionType.RECONCILING,
@@ -198,6 +208,45 @@ def invalid_spec_status(
         update={
             "observed_generation": generation,
             "phase": Phase.FAILED,
+            "conditions": c.merge_conditions(previous.conditions, observations, generation, now),
+        }
+    )
+
+
+def blocked_status(
+    previous: TRTModelStatus,
+    generation: int,
+    *,
+    reason: str,
+    message: str,
+    stalled: bool,
+    now: datetime,
+    phase: Phase | None = None,
+) -> TRTModelStatus:
+    """The status of a pass that could not get to its work (the Deployment serves another TRTModel, an API
+    request failed): Stalled when a human must act, else Reconciling; what was recorded before is kept."""
+    verified = previous.condition(ConditionType.VERIFIED)
+    observations = [
+        c.Observation(ConditionType.READY, c.F, reason, message),
+        c.Observation(ConditionType.RECONCILING, c.F if stalled else c.T, reason, "" if stalled else message),
+        c.Observation(
+            ConditionType.STALLED,
+            c.T if stalled else c.F,
+            reason if stalled else c.NOT_STALLED,
+            message if stalled else "",
+        ),
+        c.Observation(
+            ConditionType.VERIFIED,
+            verified.status if verified is not None else c.U,
+            verified.reason if verified is not None else reason,
+            verified.message if verified is not None else "",
+        ),
+        c.Observation(ConditionType.ROLLED_OUT, c.F, reason, message),
+    ]
+    return previous.model_copy(
+        update={
+            "observed_generation": generation,
+            "phase": phase or previous.phase or Phase.PENDING,
             "conditions": c.merge_conditions(previous.conditions, observations, generation, now),
         }
     )

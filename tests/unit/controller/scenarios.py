@@ -31,7 +31,7 @@ class World:
         return self.desired.key
 
     def assessment(self) -> Assessment:
-        return assess(self.desired, self.observed, self.model.status.last_refit)
+        return assess(self.desired, self.observed, self.model.status.last_refit, now=NOW)
 
     def actions(self) -> list[Action]:
         return plan(

@@ -105,6 +105,13 @@ class MemoryCluster:
     def get_deployment(self, namespace: str, name: str) -> Obj | None:
         return copy.deepcopy(self.deployment)
 
+    def patch_deployment(self, namespace: str, name: str, patch: Obj) -> Obj:
+        """Only the claim (an annotation) ever reaches an InPlace model's Deployment."""
+        assert set(patch) == {"metadata"}, patch
+        meta = self.deployment["metadata"]
+        meta["annotations"] = {**(meta.get("annotations") or {}), **patch["metadata"]["annotations"]}
+        return copy.deepcopy(self.deployment)
+
     def list_pods(self, namespace: str, selector: str) -> list[Obj]:
         assert selector == "app=srv"
         return [

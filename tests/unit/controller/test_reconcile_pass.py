@@ -67,6 +67,13 @@ class MemoryCluster:
             self.conflicts -= 1
             raise ConflictError(409, "Conflict", "the object has been modified")
         assert self.serving is not None
+        annotations = patch["metadata"].get("annotations") or {}
+        meta = self.serving["metadata"]
+        meta["annotations"] = {
+            k: v for k, v in {**(meta.get("annotations") or {}), **annotations}.items() if v is not None
+        }
+        if "spec" not in patch:  # the claim: metadata only, no rollout
+            return copy.deepcopy(self.serving)
         self.deployment_patches.append(patch)
         template = self.serving["spec"]["template"]
         template["metadata"]["annotations"] |= {
@@ -162,6 +169,7 @@ def test_a_foreign_job_with_the_same_name_blocks_and_retries() -> None:
     cluster.jobs[name]["metadata"]["labels"] = {}  # now it is someone else's
     cluster.jobs[name]["metadata"]["uid"] = "foreign"
     cluster.list_jobs = lambda namespace, model_uid: []  # type: ignore[method-assign]
+    del cluster.model["status"]["lastRefit"]  # as if ours had never started
     result = run(cluster)
     assert result.retry_after == 10.0 and result.phase == "Pending"
     assert "belongs to another owner" in result.retry_reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from tests.unit.controller.objects import PUBLISHED, deployment, failed_verification, job, passed, pod
 from tests.unit.controller.scenarios import NOW, key_of, world
 from trtrefit.api.status import (
@@ -13,7 +15,7 @@ from trtrefit.api.status import (
     ServingStatus,
     TRTModelStatus,
 )
-from trtrefit.controller.assess import Step
+from trtrefit.controller.assess import Step, assess
 from trtrefit.controller.plan import CreateJob, DeleteJob, Revert, RollOut
 
 KEY = key_of()
@@ -105,10 +107,18 @@ def test_the_recorded_result_outlives_the_job() -> None:
     assert isinstance(action, RollOut) and action.engine.uri == PUBLISHED
 
 
-def test_a_deleted_running_job_is_created_again() -> None:
+def test_a_job_deleted_before_its_result_was_read_is_said_and_retried_after_a_backoff() -> None:
     record = LastRefit(key=KEY, job=JOB, checkpoint=Digest(uri="c"), outcome=RefitOutcome.RUNNING)
     w = world(status=TRTModelStatus(last_refit=record), deployment=deployment())
-    assert w.actions() == [CreateJob()]
+    assessment = w.assessment()
+    assert assessment.step is Step.RETRY_SCHEDULED and w.actions() == []
+    assert assessment.record is not None and assessment.record.failure is not None
+    assert assessment.record.failure.reason == "ResultLost"
+    assert f"{JOB} was deleted before its result was read" in assessment.record.message
+    later = world(status=TRTModelStatus(last_refit=assessment.record), deployment=deployment())
+    assert later.assessment().step is Step.RETRY_SCHEDULED  # at NOW the backoff has not passed
+    due = assess(later.desired, later.observed, later.model.status.last_refit, now=NOW + timedelta(seconds=11))
+    assert due.step is Step.NEEDS_JOB
 
 
 def test_steps_of_the_rollout() -> None:
