@@ -44,7 +44,7 @@ class RefitRequest(BaseModel):
     engine: PinnedArtifact
     source: PinnedArtifact | None = None
     checkpoint: PinnedArtifact
-    verify: VerifySpec
+    verify: VerifySpec = Field(default_factory=VerifySpec)
     publish: PublishSpec | None = Field(
         default=None,
         description="Where a refit Job publishes; a serving pod refits in memory and ignores it.",
@@ -57,10 +57,11 @@ class RefitRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind_of_inputs(self) -> RefitRequest:
-        if (self.verify.inputs is None) == (self.verify.generate is None):
-            raise ValueError("set exactly one of verify.inputs and verify.generate")
-        if self.verify.seed is not None and self.verify.generate is None:
-            raise ValueError("verify.seed only applies to generated inputs (verify.generate)")
+        # Neither: the worker generates the inputs from the program's own input signature.
+        if self.verify.inputs is not None and self.verify.generate is not None:
+            raise ValueError("set at most one of verify.inputs and verify.generate")
+        if self.verify.seed is not None and self.verify.inputs is not None:
+            raise ValueError("verify.seed only applies to generated inputs, not to verify.inputs")
         return self
 
     def wire(self) -> str:

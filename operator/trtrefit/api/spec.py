@@ -119,17 +119,20 @@ class GeneratedInput(Model):
 
 class VerifySpec(Model):
     """How the refitted program is checked against PyTorch before it may serve: the reference is the new
-    weights run in the source program; every output must meet all three tolerances."""
+    weights run in the source program; every output must meet all three tolerances. Without inputs and
+    generate, the inputs are generated from the program's own input signature (its static shapes and
+    dtypes; a dynamic dimension takes its lower bound, and one without an upper bound is refused)."""
 
     model_config = ConfigDict(
         json_schema_extra=cel(
             Rule(
-                "has(self.inputs) != has(self.generate)",
-                "set exactly one of verify.inputs and verify.generate",
+                "!(has(self.inputs) && has(self.generate))",
+                "set at most one of verify.inputs and verify.generate (neither: inputs are generated from "
+                "the program's input signature)",
             ),
             Rule(
-                "!has(self.seed) || has(self.generate)",
-                "verify.seed only applies to generated inputs (verify.generate)",
+                "!has(self.seed) || !has(self.inputs)",
+                "verify.seed only applies to generated inputs (verify.generate or the program's signature)",
                 ".seed",
                 "FieldValueForbidden",
             ),
@@ -140,7 +143,7 @@ class VerifySpec(Model):
         default=None,
         description=(
             "A safetensors file of sample inputs named input_0, input_1, ... in call order. Exclusive with "
-            "generate."
+            "generate; without either, inputs are generated from the program's input signature."
         ),
     )
     generate: schema.Optional[list[GeneratedInput]] = Field(
@@ -151,7 +154,9 @@ class VerifySpec(Model):
         max_length=16,
     )
     seed: schema.Optional[int] = Field(
-        default=None, description="Seed for generated inputs; the worker's default when unset.", ge=0
+        default=None,
+        description="Seed for generated inputs (generate or the signature's); 0 when unset.",
+        ge=0,
     )
     rtol: float = Field(
         default=0.01, description="Largest allowed relative error of any output element.", ge=0
@@ -316,7 +321,15 @@ class TRTModelSpec(Model):
             "(.pt2/.ep). Changing it starts a refit."
         )
     )
-    verify: VerifySpec = Field(description="How the refitted program is verified before it may serve.")
+    verify: VerifySpec = Field(
+        default_factory=VerifySpec,
+        description=(
+            "How the refitted program is verified before it may serve. Optional: by default the inputs are "
+            "generated from the program's input signature (seed 0) and rtol = atol = 0.01, "
+            "minCosineSimilarity = 0.999."
+        ),
+        json_schema_extra={"default": {}},
+    )
     publish: schema.Optional[PublishSpec] = Field(
         default=None,
         description=(

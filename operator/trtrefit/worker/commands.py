@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 import tempfile
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,14 @@ from typing import Any
 from trtrefit.api.redact import redact_text
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome, RefitResult, exit_code
+from trtrefit.helptext import TOLERANCES, URI_SCHEMES, missing_extra
+from trtrefit.logs import add_log_format_argument, configure
 from trtrefit.worker.errors import WorkerError
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_ENV = "TRTREFIT_TERMINATION_LOG"
 Subparsers = Any  # argparse's _SubParsersAction is private; the callers pass what add_subparsers returned
+_log = logging.getLogger("trtrefit.worker")
 
 
 def add_refit_parser(sub: Subparsers) -> None:
@@ -31,28 +33,62 @@ def add_refit_parser(sub: Subparsers) -> None:
         "(--request, what the operator's Job passes) or as the flags below, which build the same request. "
         "The last stdout line is the JSON result; exit 0 passed, 1 error, 2 verification failed (nothing "
         "published unless 0).",
+        epilog=f"{TOLERANCES}\n\n{URI_SCHEMES}\n\nexample:\n"
+        "  trtrefit refit --engine s3://models/m/engine.ep "
+        "--source s3://models/m/source.pt2 \\\n    --checkpoint s3://ckpt/m/step-1200.safetensors "
+        "--publish s3://models/m/refits/",
     )
     parser.add_argument(
         "--request", metavar="JSON|@FILE", help="a RefitRequest (trtrefit.dev/refit-request-v1) as JSON"
     )
     flags = parser.add_argument_group("the request as flags (instead of --request)")
-    flags.add_argument("--engine", metavar="URI", help="refittable program (.ep)")
-    flags.add_argument("--engine-sha256", metavar="HEX", help="pinned digest of the engine")
-    flags.add_argument("--source", metavar="URI", help="torch.export program before compiling (.pt2)")
+    flags.add_argument("--engine", metavar="URI", help="refittable program (.ep) from `trtrefit compile`")
+    flags.add_argument(
+        "--engine-sha256", metavar="HEX", help="pinned digest of the engine (default: unpinned)"
+    )
+    flags.add_argument(
+        "--source",
+        metavar="URI",
+        help="torch.export program before compiling (.pt2); the PyTorch reference, and needed when the "
+        "checkpoint is a bare state_dict (default: none)",
+    )
     flags.add_argument("--source-sha256", metavar="HEX", help="pinned digest of the source program")
-    flags.add_argument("--checkpoint", metavar="URI", help=".safetensors, .pt2/.ep or .pt")
+    flags.add_argument(
+        "--checkpoint",
+        metavar="URI",
+        help="new weights: .safetensors (preferred), .pt2/.ep or .pt state_dict",
+    )
     flags.add_argument("--checkpoint-sha256", metavar="HEX", help="pinned digest of the checkpoint")
-    flags.add_argument("--inputs", metavar="URI", help="safetensors file with input_0, input_1, ...")
+    flags.add_argument(
+        "--inputs", metavar="URI", help="verification inputs: safetensors with input_0, input_1, ..."
+    )
     flags.add_argument("--inputs-sha256", metavar="HEX", help="pinned digest of the inputs file")
     flags.add_argument(
-        "--generate-inputs", metavar="JSON", help='e.g. [{"shape": [8, 3, 224, 224], "dtype": "float32"}]'
+        "--generate-inputs",
+        metavar="JSON",
+        help='random verification inputs instead of --inputs, e.g. [{"shape": [8, 3, 224, 224], '
+        '"dtype": "float32"}]',
     )
     flags.add_argument("--seed", type=int, help="seed for --generate-inputs (default 0)")
-    flags.add_argument("--rtol", type=float, help="largest relative error of any output element")
-    flags.add_argument("--atol", type=float, help="largest absolute error of any output element")
-    flags.add_argument("--min-cosine-similarity", type=float, help="smallest cosine similarity, in [-1, 1]")
-    flags.add_argument("--publish", metavar="URI", help="prefix for <sha256>.ep and .json")
-    flags.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    flags.add_argument(
+        "--rtol", type=float, help="relative tolerance, a fraction of |reference| (default 0.01; see below)"
+    )
+    flags.add_argument(
+        "--atol", type=float, help="absolute tolerance in the output's units (default 0.01; see below)"
+    )
+    flags.add_argument(
+        "--min-cosine-similarity",
+        type=float,
+        help="smallest cosine similarity of each output with its reference, in [-1, 1] (default 0.999)",
+    )
+    flags.add_argument(
+        "--publish", metavar="URI", help="prefix where <sha256>.ep and its manifest <sha256>.json land"
+    )
+    flags.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: cuda when visible (a TensorRT program needs it), else cpu (default auto)",
+    )
     flags.add_argument(
         "--max-artifact-bytes",
         metavar="SIZE",
@@ -61,7 +97,8 @@ def add_refit_parser(sub: Subparsers) -> None:
     flags.add_argument(
         "--refit-path",
         choices=("auto", "fast", "fallback"),
-        help="TensorRT engines: fast path with fallback (auto), fast path or fail, or fallback only",
+        help="TensorRT engines: fast path with fallback (auto), fast path or fail, or fallback only "
+        "(default auto)",
     )
     parser.add_argument(
         "--termination-log",
@@ -70,6 +107,7 @@ def add_refit_parser(sub: Subparsers) -> None:
         metavar="PATH",
         help=f"where the result JSON also goes (default {DEFAULT_TERMINATION_LOG}, only if it exists)",
     )
+    add_log_format_argument(parser)
     parser.set_defaults(func=refit_command)
 
 
@@ -78,16 +116,33 @@ def add_compile_parser(sub: Subparsers) -> None:
         "compile",
         help="make the starting bundle: source.pt2, engine.ep, inputs.safetensors, manifest.json",
         description="Export a model (or take an exported program) and compile it into a refittable engine: "
-        "Torch-TensorRT on a GPU, a plain lowered torch.export program otherwise.",
+        "Torch-TensorRT on a GPU, a plain lowered torch.export program otherwise. The engine only loads "
+        "where TensorRT and the GPU architecture match this machine's (see `trtrefit version`).",
+        epilog="example:\n  trtrefit compile --model torchvision.models:resnet50 --input-shape 8,3,224,224 "
+        "--output bundle/",
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", metavar="MODULE:FUNCTION", help="factory returning a torch.nn.Module")
     what.add_argument("--program", metavar="PATH", help="a torch.export program (.pt2)")
-    parser.add_argument("--input-shape", action="append", required=True, metavar="1,3,32,32")
-    parser.add_argument("--dtype", default="float32", help="dtype of the inputs (default float32)")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--backend", choices=("auto", "exported", "tensorrt"), default="auto")
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        required=True,
+        metavar="1,3,32,32",
+        help="shape of one input, once per input in order; the first dimension is the batch",
+    )
+    parser.add_argument("--dtype", default="float32", help="element type of the inputs")
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="where source.pt2, engine.ep, inputs and manifest go"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "exported", "tensorrt"),
+        default="auto",
+        help="auto: tensorrt when CUDA and torch_tensorrt are there, else exported (CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the model's weights and the inputs")
+    add_log_format_argument(parser)
     parser.set_defaults(func=compile_command)
 
 
@@ -98,16 +153,27 @@ def add_checkpoint_parser(sub: Subparsers) -> None:
         description="Weights of MODULE:FUNCTION built with --seed, optionally perturbed: jitter (every "
         "float tensor, BatchNorm statistics included), wrong-shape, nonfinite.",
     )
-    parser.add_argument("--model", required=True, metavar="MODULE:FUNCTION")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--perturb", choices=("none", "jitter", "wrong-shape", "nonfinite"), default="none")
-    parser.add_argument("--output", required=True, metavar="FILE.safetensors")
+    parser.add_argument(
+        "--model", required=True, metavar="MODULE:FUNCTION", help="factory returning a torch.nn.Module"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed for the model's weights")
+    parser.add_argument(
+        "--perturb",
+        choices=("none", "jitter", "wrong-shape", "nonfinite"),
+        default="none",
+        help="how to spoil the weights (to see a refit or a verification fail)",
+    )
+    parser.add_argument("--output", required=True, metavar="FILE.safetensors", help="where to write it")
+    add_log_format_argument(parser)
     parser.set_defaults(func=checkpoint_command)
 
 
 def refit_command(args: argparse.Namespace) -> int:
-    from trtrefit.worker.progress import Progress
-
+    configure(args.log_format)
+    try:
+        from trtrefit.worker.progress import Progress
+    except ModuleNotFoundError as exc:  # fsspec: the worker extra is missing
+        return _missing(exc, args.termination_log)
     progress = Progress()
     try:
         result = _refit(args, progress)
@@ -115,10 +181,24 @@ def refit_command(args: argparse.Namespace) -> int:
         progress.say("error", exc.message)
         result = RefitResult(outcome=Outcome.ERROR, message=exc.message, timings={"total": progress.total()})
     except Exception as exc:  # the CLI boundary: a bug must still end in a result and exit 1
-        traceback.print_exc(file=sys.stderr)
-        message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        message = missing_extra(exc, "refit")
+        if message is not None:
+            progress.say("error", message)
+        else:
+            _log.exception("internal error", extra={"stage": "error"})
+            message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
         result = RefitResult(outcome=Outcome.ERROR, message=message, timings={"total": progress.total()})
     emit(result, args.termination_log, progress.hidden)
+    return exit_code(result.outcome)
+
+
+def _missing(exc: ModuleNotFoundError, termination_log: str) -> int:
+    message = missing_extra(exc, "refit")
+    if message is None:
+        raise exc
+    _log.error(message, extra={"stage": "error"})
+    result = RefitResult(outcome=Outcome.ERROR, message=message)
+    emit(result, termination_log)
     return exit_code(result.outcome)
 
 
@@ -131,9 +211,10 @@ def _refit(args: argparse.Namespace, progress: Any) -> RefitResult:
     return result
 
 
-_REQUIRED_FLAGS = ("engine", "checkpoint", "rtol", "atol", "min_cosine_similarity", "publish")
+_REQUIRED_FLAGS = ("engine", "checkpoint", "publish")
 _REQUEST_FLAGS = (
     *_REQUIRED_FLAGS,
+    *("rtol", "atol", "min_cosine_similarity"),
     *("engine_sha256", "source", "source_sha256", "checkpoint_sha256", "inputs", "inputs_sha256"),
     *("generate_inputs", "seed", "device", "refit_path", "max_artifact_bytes"),
 )
@@ -151,16 +232,14 @@ def request_from_args(args: argparse.Namespace) -> RefitRequest:
     missing = [f"--{name.replace('_', '-')}" for name in _REQUIRED_FLAGS if getattr(args, name) is None]
     if missing:
         raise WorkerError(f"refit: missing {', '.join(missing)} (or give the whole refit as --request JSON)")
-    if (args.inputs is None) == (args.generate_inputs is None):
-        raise WorkerError("refit: give exactly one of --inputs and --generate-inputs")
-    verify: dict[str, Any] = {
-        "rtol": args.rtol,
-        "atol": args.atol,
-        "minCosineSimilarity": args.min_cosine_similarity,
-    }
+    if args.inputs is not None and args.generate_inputs is not None:
+        raise WorkerError("refit: give at most one of --inputs and --generate-inputs")
+    # Unset tolerances and inputs take the request's defaults (inputs from the program's signature).
+    tolerances = {"rtol": args.rtol, "atol": args.atol, "minCosineSimilarity": args.min_cosine_similarity}
+    verify: dict[str, Any] = {key: value for key, value in tolerances.items() if value is not None}
     if args.inputs is not None:
         verify["inputs"] = _artifact(args.inputs, args.inputs_sha256, "--inputs-sha256")
-    else:
+    elif args.generate_inputs is not None:
         verify["generate"] = _json(args.generate_inputs, "--generate-inputs")
     if args.seed is not None:
         verify["seed"] = args.seed
@@ -241,10 +320,11 @@ def emit(result: RefitResult, termination_log: str, hidden: Sequence[str] = ()) 
     try:
         path.write_text(text)
     except OSError as exc:
-        print(f"[result] could not write {path}: {exc}", file=sys.stderr)
+        _log.warning(f"could not write {path}: {exc}", extra={"stage": "result"})
 
 
 def compile_command(args: argparse.Namespace) -> int:
+    configure(args.log_format)
     from trtrefit.worker.compile import CompileRequest, compile_bundle
     from trtrefit.worker.inputs import parse_shape
 
@@ -260,19 +340,20 @@ def compile_command(args: argparse.Namespace) -> int:
         )
         manifest = compile_bundle(request)
     except WorkerError as exc:
-        print(f"[compile] error: {exc.message}", file=sys.stderr)
+        _log.error(f"error: {exc.message}", extra={"stage": "compile"})
         return 1
     print(manifest, flush=True)
     return 0
 
 
 def checkpoint_command(args: argparse.Namespace) -> int:
+    configure(args.log_format)
     from trtrefit.worker.samples import write_checkpoint
 
     try:
         write_checkpoint(args.model, args.seed, args.perturb, Path(args.output))
     except WorkerError as exc:
-        print(f"[checkpoint] error: {exc.message}", file=sys.stderr)
+        _log.error(f"error: {exc.message}", extra={"stage": "checkpoint"})
         return 1
-    print(f"[checkpoint] wrote {args.output}", file=sys.stderr)
+    _log.info(f"wrote {args.output}", extra={"stage": "checkpoint"})
     return 0

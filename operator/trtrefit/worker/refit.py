@@ -19,7 +19,7 @@ from trtrefit.worker import programs
 from trtrefit.worker.backends import Backend, RefitJob, detect, open_backend
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
-from trtrefit.worker.inputs import generate, input_specs, load_inputs
+from trtrefit.worker.inputs import VerificationInputs, tolerance_phrase, verification_inputs
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.storage import DEFAULT_MAX_BYTES, Fetched, Wanted, fetch_all, publish
 from trtrefit.worker.verify import Report, Tolerances, verify
@@ -98,7 +98,9 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
                 "check", "no weight schema in the engine and no --source: names are checked by the refit"
             )
         reference = _reference(checkpoint, source, request)
-        inputs = _inputs(request, art.get("inputs"))
+        given = art.get("inputs")
+        generated = verification_inputs(request.verify, (given.path, given.uri) if given else None, reference)
+        inputs = generated.tensors
     with progress.stage("refit"):
         job = RefitJob(checkpoint, reference, inputs, device, workdir, request.refit_path.value)
         refitted = backend.refit(job, progress)
@@ -106,6 +108,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         progress.say("refit", f"refitted via the {refitted.path.value} path")
     with progress.stage("verify"):
         report = _verify(backend, reference, inputs, device, tolerances(request))
+        report = Report(report.verification, report.message + _signature_note(request, generated))
         progress.say("verify", report.message)
     notes = " ".join(refitted.notes)
     if not report.verification.passed:
@@ -199,12 +202,11 @@ def _reference(
     )
 
 
-def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor]:
-    if fetched is not None:
-        return load_inputs(fetched.path, fetched.uri)
-    if request.verify.generate:
-        return generate(input_specs(request.verify.generate), request.verify.seed or 0)
-    raise WorkerError("no verification inputs: set verify.inputs or verify.generate")
+def _signature_note(request: RefitRequest, generated: VerificationInputs) -> str:
+    """Says so when the inputs came from the program's signature (spec.verify gave none)."""
+    if request.verify.inputs is not None or request.verify.generate:
+        return ""
+    return f"; {generated.origin}, {tolerance_phrase(request.verify)}"
 
 
 def _verify(
@@ -281,4 +283,6 @@ def _manifest(request: RefitRequest, trace: _Trace, report: Report, progress: Pr
             "seed": request.verify.seed or 0,
             "specs": [item.wire() for item in request.verify.generate],
         }
+    elif request.verify.inputs is None:
+        manifest["generatedInputs"] = {"seed": request.verify.seed or 0, "from": "program signature"}
     return manifest

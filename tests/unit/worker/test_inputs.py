@@ -87,3 +87,23 @@ def test_keys_must_carry_their_position(tmp_path: Path) -> None:
     save_file({"input_0": torch.ones(1), "input_2": torch.ones(1)}, str(tmp_path / "gap.safetensors"))
     with pytest.raises(WorkerError, match=r"positions \[0, 2\] are not 0..1"):
         load_inputs(tmp_path / "gap.safetensors", "gap")
+
+
+def test_signature_specs_take_shapes_and_dtypes_from_the_program() -> None:
+    from trtrefit.worker.inputs import signature_specs
+    from trtrefit.worker.programs import quiet_torch
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+
+        def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            return x + self.embed(ids).sum(1)
+
+    with quiet_torch():
+        program = torch.export.export(TwoInputs(), (torch.randn(2, 4), torch.randint(0, 10, (2, 5))))
+    specs = signature_specs(program)
+    assert specs == [InputSpec((2, 4), "float32", 0, 10), InputSpec((2, 5), "int64", 0, 10)]
+    tensors = generate(specs, 0)
+    assert program.module()(*tensors).shape == (2, 4)  # the generated inputs are valid for the program

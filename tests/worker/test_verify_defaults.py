@@ -1,0 +1,110 @@
+"""`trtrefit refit` without any verification settings (a TRTModel without spec.verify): the inputs come
+from the program's own input signature (seed 0), rtol = atol = 0.01, cosine >= 0.999, and the result says
+so. Real exported programs on the CPU; nothing is mocked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.worker.conftest import Bundle
+from trtrefit.api.result import Outcome, RefitResult
+from trtrefit.worker.__main__ import main
+
+DEFAULTS_NOTE = "inputs generated from the program signature (seed 0), rtol=0.01 atol=0.01 cosine>=0.999"
+
+
+def refit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, RefitResult]:
+    code = main(["refit", *args, "--termination-log", "/nonexistent/termination-log"])
+    out, _ = capsys.readouterr()
+    return code, RefitResult.from_json(out.strip().splitlines()[-1])
+
+
+def args_for(engine: Path, source: Path, checkpoint: Path, publish: Path) -> list[str]:
+    return ["--engine", str(engine), "--source", str(source), "--checkpoint", str(checkpoint),
+            "--publish", str(publish)]  # fmt: skip
+
+
+def test_without_verify_settings_the_signature_inputs_verify_and_the_result_says_so(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, tmp_path: Path
+) -> None:
+    code, result = refit(capsys, *args_for(bundle.engine, bundle.source, bundle.jitter, tmp_path / "out"))
+    assert code == 0, result.message
+    assert result.outcome is Outcome.PASSED
+    assert DEFAULTS_NOTE in result.message
+    assert result.verification is not None and result.verification.passed
+    assert result.verification.min_cosine_similarity >= 0.999
+    assert result.engine is not None and (tmp_path / "out" / f"{result.engine.sha256}.ep").is_file()
+
+
+def test_without_verify_settings_a_wrong_refit_is_still_caught(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, tmp_path: Path
+) -> None:
+    """A source whose BatchNorm eps differs from the engine's: the refitted engine computes something else
+    than the reference, and the default tolerances see it."""
+    import torch
+
+    from trtrefit.worker.programs import quiet_torch, save_program
+    from trtrefit.worker.samples import build
+
+    drifted = build("trtrefit.worker.samples:small_cnn", 0)
+    drifted[4].eps = 0.5
+    with quiet_torch():
+        save_program(torch.export.export(drifted, (torch.randn(4, 3, 32, 32),)), tmp_path / "drifted.pt2")
+    code, result = refit(
+        capsys, *args_for(bundle.engine, tmp_path / "drifted.pt2", bundle.good, tmp_path / "out")
+    )
+    assert code == 2, result.message
+    assert result.outcome is Outcome.VERIFICATION_FAILED
+    assert "exceeds atol 0.01" in result.message and DEFAULTS_NOTE in result.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_finite_checkpoint_fails_the_default_verification(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, tmp_path: Path
+) -> None:
+    code, result = refit(capsys, *args_for(bundle.engine, bundle.source, bundle.nonfinite, tmp_path / "out"))
+    assert code == 2
+    assert "output_0: the reference output holds NaN/inf" in result.message
+    assert not (tmp_path / "out").exists()
+
+
+def _dynamic_program(path: Path, bounded: bool) -> Path:
+    import torch
+
+    from trtrefit.worker.programs import quiet_torch, save_program
+    from trtrefit.worker.samples import build
+
+    batch = torch.export.Dim("batch", min=1, max=8) if bounded else torch.export.Dim("batch")
+    with quiet_torch():
+        program = torch.export.export(
+            build("trtrefit.worker.samples:small_cnn", 0).eval(),
+            (torch.randn(4, 3, 32, 32),),
+            dynamic_shapes=({0: batch},),
+        )
+    save_program(program, path)
+    return path
+
+
+def test_a_dynamic_dimension_without_bounds_is_refused_naming_the_input(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, tmp_path: Path
+) -> None:
+    program = _dynamic_program(tmp_path / "dynamic.pt2", bounded=False)
+    code, result = refit(capsys, *args_for(program, program, bundle.good, tmp_path / "out"))
+    assert code == 1
+    assert result.outcome is Outcome.ERROR
+    assert result.message.startswith("verify: program input 0 ('input') dimension 0 is dynamic")
+    assert "set spec.verify.inputs or spec.verify.generate, or export the program with bounds" in (
+        result.message
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bounded_dynamic_dimension_takes_its_lower_bound(
+    capsys: pytest.CaptureFixture[str], bundle: Bundle, tmp_path: Path
+) -> None:
+    program = _dynamic_program(tmp_path / "bounded.pt2", bounded=True)
+    code, result = refit(capsys, *args_for(program, program, bundle.good, tmp_path / "out"))
+    assert code == 0, result.message
+    assert DEFAULTS_NOTE in result.message
