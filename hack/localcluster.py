@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lifeline
+
 HACK_DIR = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -248,11 +250,14 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
 
 @dataclass
 class Supervisor:
-    """Background processes started from one state directory. Each runs in a session of its own (it outlives
-    the command that started it, and killpg reaches its children), logs to <dir>/logs/<name>.log and is
-    recorded in <dir>/pids.json with its start time, so a recycled pid is never mistaken for it."""
+    """Background processes started from one state directory. Each runs in a session of its own (killpg
+    reaches its children), logs to <dir>/logs/<name>.log and is recorded in <dir>/pids.json with its start
+    time, so a recycled pid is never mistaken for it. Each dies with the process that started it (through
+    hack/lifeline.py, SIGKILL included) unless `detached`: `localcluster.py up` and the demo leave theirs
+    running on purpose, for `down` to stop."""
 
     workdir: Path
+    detached: bool = False
     # Handles of the processes this object started, so stop() can reap them.
     _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
@@ -267,7 +272,7 @@ class Supervisor:
         self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
         with self.log_file(name).open("ab") as log:
             proc = subprocess.Popen(
-                list(args),
+                list(args) if self.detached else lifeline.command(args),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -352,10 +357,11 @@ class LocalCluster:
     tools: Tools
     apiserver_port: int = 0  # 0: pick a free one
     ports: dict[str, int] = field(default_factory=dict)
+    detached: bool = False  # True: the components outlive this process (`up`, the demo); `down` stops them
     processes: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.processes = Supervisor(self.workdir)
+        self.processes = Supervisor(self.workdir, detached=self.detached)
 
     @property
     def pki(self) -> Path:
@@ -674,20 +680,11 @@ def _port_open(port: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"  # a zombie is dead
-    except (FileNotFoundError, IndexError):
-        return False
+    return lifeline.alive(pid)
 
 
 def _start_time(pid: int) -> int:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat); 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().split(") ", 1)[1].split()[19])
-    except (FileNotFoundError, IndexError, ValueError):
-        return 0
+    return lifeline.start_time(pid)
 
 
 @contextlib.contextmanager
@@ -717,29 +714,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workdir = args.dir.resolve()
+    # down and status need no binaries: they go by the records in the state directory (pid + start time),
+    # so `make clean` works on a machine whose tools were never built or were rebuilt since.
+    supervisor = Supervisor(workdir)
+    if args.action == "down":
+        stopped = supervisor.stop()
+        print(f"stopped {len(stopped)} processes ({', '.join(stopped) or 'none running'})", file=sys.stderr)
+        return 0
+    if args.action == "status":
+        running = supervisor.running()
+        print(json.dumps(running, indent=2))
+        return 0 if running else 3
     try:
         tools = Tools.from_cache()
-        cluster = LocalCluster(workdir=workdir, tools=tools, apiserver_port=args.port)
-        if args.action == "up":
-            started = time.monotonic()
-            cluster.start()
-            print(f"cluster up in {time.monotonic() - started:.1f} s: {cluster.server}", file=sys.stderr)
-            print(f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
-            print(f"export PATH={os.pathsep.join(str(d) for d in tools.bin_dirs)}:$PATH", file=sys.stderr)
-            print(cluster.kubeconfig)
-        elif args.action == "down":
-            running = cluster.running_pids()
-            cluster.stop()
-            print(
-                f"stopped {len(running)} processes ({', '.join(running) or 'none running'})", file=sys.stderr
-            )
-        else:
-            running = cluster.running_pids()
-            print(json.dumps(running, indent=2))
-            return 0 if running else 3
+        # Detached: the control plane outlives this command until `down` (a test fixture's dies with it).
+        cluster = LocalCluster(workdir=workdir, tools=tools, apiserver_port=args.port, detached=True)
+        started = time.monotonic()
+        cluster.start()
     except ClusterError as exc:
         print(f"localcluster: {exc}", file=sys.stderr)
         return 1
+    print(f"cluster up in {time.monotonic() - started:.1f} s: {cluster.server}", file=sys.stderr)
+    print(f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
+    print(f"export PATH={os.pathsep.join(str(d) for d in tools.bin_dirs)}:$PATH", file=sys.stderr)
+    print(cluster.kubeconfig)
     return 0
 
 

@@ -1,0 +1,103 @@
+"""No process outlives its owner: a control plane whose owner is SIGKILLed goes with it, and `down` stops a
+stray recorded by an earlier run while a recorded pid that now names another process is left alone."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lifeline
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+
+# The owner: starts a whole control plane the way the test fixtures do, says where, then waits to be killed.
+OWNER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, "hack")
+from localcluster import LocalCluster, Tools
+cluster = LocalCluster(workdir=Path(sys.argv[1]), tools=Tools.from_cache())
+cluster.start()
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+def _watchdogs_of(owner: int) -> list[int]:
+    """Live lifeline watchdogs whose command line names `owner` as theirs."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"lifeline.py") for a in argv) and str(owner).encode() in argv:
+                found.append(int(entry.name))
+    return [pid for pid in found if lifeline.alive(pid)]
+
+
+def test_sigkilled_owner_takes_its_control_plane_along(tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    try:
+        assert owner.stdout.readline().strip() == "up", "the owner did not start its control plane"
+        recorded = {name: tuple(v) for name, v in json.loads((tmp_path / "pids.json").read_text()).items()}
+        assert set(recorded) == COMPONENTS
+        assert all(lifeline.alive(pid, started) for pid, started in recorded.values())
+        assert _watchdogs_of(owner.pid), "no watchdog names the owner"
+    finally:
+        owner.send_signal(signal.SIGKILL)  # no handler, no atexit, no finally in the owner runs
+        owner.wait()
+        owner.stdout.close()
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 10 and any(lifeline.alive(*r) for r in recorded.values()):
+        time.sleep(0.05)
+    left = {name for name, r in recorded.items() if lifeline.alive(*r)}
+    assert not left, f"still running 10 s after their owner was SIGKILLed: {left}"
+    took = time.monotonic() - killed_at
+    assert took < 6, f"the control plane took {took:.1f} s to go"  # SIGTERM, 2 s grace, SIGKILL
+    assert not any(Path(f"/proc/{pid}").exists() and lifeline.alive(pid) for pid, _ in recorded.values())
+    time.sleep(0.2)
+    assert not _watchdogs_of(owner.pid), "a watchdog outlived its work"
+
+
+def test_down_stops_a_recorded_stray_and_spares_a_reused_pid(tmp_path: Path) -> None:
+    stray = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    stranger = subprocess.Popen(["sleep", "301"], start_new_session=True)
+    try:
+        # An earlier run's record: the stray as it was recorded; the stranger's pid with an older start time,
+        # as if the recorded process had died and the kernel had given its pid to this unrelated one.
+        records = {
+            "etcd": [stray.pid, lifeline.start_time(stray.pid)],
+            "kube-apiserver": [stranger.pid, lifeline.start_time(stranger.pid) - 1],
+        }
+        (tmp_path / "pids.json").write_text(json.dumps(records))
+        done = subprocess.run(
+            [sys.executable, "hack/localcluster.py", "down", "--dir", str(tmp_path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "stopped 1 processes (etcd)" in done.stderr
+        assert stray.wait(timeout=5) == -signal.SIGTERM
+        assert stranger.poll() is None and lifeline.alive(stranger.pid)
+        assert not (tmp_path / "pids.json").exists()
+    finally:
+        for proc in (stray, stranger):
+            proc.kill()
+            proc.wait()
