@@ -292,7 +292,9 @@ def settled_on(checkpoint: str) -> Callable[[dict[str, Any]], bool]:
 
 def start_cluster(tools: Tools) -> LocalCluster:
     say("1/6 local control plane: etcd, kube-apiserver, controller-manager, scheduler, kwok (2 GPU nodes)")
-    cluster = LocalCluster(workdir=STATE / "cluster", tools=tools)
+    # Detached, like everything the demo starts: it keeps running after this script for "Try next";
+    # `make demo-down` stops it by its pid records.
+    cluster = LocalCluster(workdir=STATE / "cluster", tools=tools, detached=True)
     cluster.start()
     run([str(tools.kubectl), "get", "nodes", "-L", "nvidia.com/gpu.product"], env=cluster.env())
     return cluster
@@ -523,7 +525,7 @@ def up(strategy: str) -> int:
     down(quiet=True)
     shutil.rmtree(STATE, ignore_errors=True)  # a fresh cluster (etcd data included) every run
     STATE.mkdir()
-    procs = Supervisor(STATE)
+    procs = Supervisor(STATE, detached=True)
     cluster = start_cluster(tools)
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     install_chart_and_operator(cluster, api, procs)
@@ -535,12 +537,10 @@ def up(strategy: str) -> int:
 
 
 def down(quiet: bool = False) -> int:
-    stopped = Supervisor(STATE).stop()
-    cluster_dir = STATE / "cluster"
-    if cluster_dir.exists():
-        cluster = LocalCluster(workdir=cluster_dir, tools=Tools.from_cache())
-        stopped.update(cluster.running_pids())
-        cluster.stop()
+    """Stop what an earlier `up` started, also one that was killed half-way: by the pid and start time each
+    process was recorded with (a recycled pid is left alone); needs no built tools."""
+    stopped = Supervisor(STATE).stop()  # the operator, S3 and fakekubelet first: they talk to the cluster
+    stopped.update(Supervisor(STATE / "cluster").stop(grace=3.0))
     if not quiet:
         print(f"demo: stopped {', '.join(stopped) or 'nothing (not running)'}")
     return 0
