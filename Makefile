@@ -54,5 +54,9 @@ demo: venv tools ## local control plane + chart + operator + S3 + a TRTModel rol
 demo-down: ## stop everything `make demo` started
 	$(PY) hack/demo.py down
 
-clean: cluster-down demo-down
+clean: ## stop what earlier runs left running (by recorded pid + start time), remove their state
+	@# localcluster.py down needs no venv and no built tools: it goes by the records alone.
+	$(PYTHON) hack/localcluster.py down --dir .cluster
+	$(PYTHON) hack/localcluster.py down --dir .demo
+	$(PYTHON) hack/localcluster.py down --dir .demo/cluster
 	rm -rf .cluster .demo
