@@ -63,6 +63,8 @@ def world(
     status: TRTModelStatus | dict[str, Any] | None = None,
     has_worker_image: bool = True,
     generation: int = 1,
+    refit_job_digest: str = "",
+    retry_token: str | None = None,
 ) -> World:
     raw_status = status.wire() if isinstance(status, TRTModelStatus) else status
     model = TRTModel.model_validate(body(spec, status=raw_status, generation=generation))
@@ -76,5 +78,12 @@ def world(
         else:
             refit = RefitObservation(job=job, report=pod_report(pods or [], job.uid))
     view = DeploymentView.of(deployment, model.spec.serving) if deployment is not None else None
-    observed = Observed(views, refit, view, has_worker_image=has_worker_image)
+    observed = Observed(
+        views,
+        refit,
+        view,
+        has_worker_image=has_worker_image,
+        refit_job_digest=refit_job_digest,
+        retry_token=retry_token,
+    )
     return World(model, desired, observed, generation)
