@@ -73,17 +73,12 @@ class JsonLineFormatter(JsonFormatter):
 
 class TextLineFormatter(logging.Formatter):
     """`[stage] message` when the record names a stage (the worker's and the server's lines), the message
-    itself otherwise; warnings and errors without a stage say their level; tracebacks follow."""
+    itself otherwise (as the commands always printed them); tracebacks follow."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         stage = getattr(record, "stage", None)
-        if stage:
-            line = f"[{stage}] {message}"
-        elif record.levelno >= logging.WARNING:
-            line = f"{record.levelname}: {message}"
-        else:
-            line = message
+        line = f"[{stage}] {message}" if stage else message
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
         return line
@@ -135,3 +130,4 @@ def restyle(log_format: str) -> None:
     for handler in logging.getLogger().handlers:
         if type(handler).__module__.startswith("kopf") or isinstance(handler, _StderrHandler):
             handler.setFormatter(formatter(log_format))
+    logging.captureWarnings(True)

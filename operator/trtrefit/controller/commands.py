@@ -6,9 +6,10 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
+
+from trtrefit.logs import add_log_format_argument, restyle
 
 DEFAULT_METRICS_PORT = 8080
 
@@ -46,6 +47,7 @@ def add_operator_parser(subparsers: Any) -> None:
         "--worker-image", help="refit Job image when a TRTModel sets none ($TRTREFIT_WORKER_IMAGE)"
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    add_log_format_argument(parser)
     parser.set_defaults(func=run_operator)
 
 
@@ -71,13 +73,16 @@ def run_operator(args: argparse.Namespace) -> int:
     from trtrefit.controller.runtime import Runtime
     from trtrefit.controller.settings import configure
 
-    kopf.configure(verbose=args.verbose)
+    json_logs = args.log_format == "json"
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
+    if json_logs:
+        restyle("json")  # kopf's JSON lines with the worker's and server's keys (time, level, logger)
     if args.kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(args.kubeconfig)  # for kopf's own login, the same credentials as ours
     try:
         config = OperatorConfig.from_env(os.environ)
     except ValueError as exc:
-        print(f"trtrefit operator: {exc}", file=sys.stderr)
+        logging.getLogger(__name__).error(f"trtrefit operator: {exc}")
         return 2
     if args.worker_image:
         config = dataclasses.replace(config, worker_image=args.worker_image)

@@ -4,8 +4,8 @@ must stay fast and the operator image has no torch."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.serving import DEFAULT_PORT, DESIRED_ENV, TOKEN_ENV
+from trtrefit.helptext import TOLERANCES, URI_SCHEMES
+from trtrefit.logs import add_log_format_argument, configure
 
 if TYPE_CHECKING:
     from trtrefit.serving.server import ServeOptions
@@ -33,6 +35,9 @@ def add_serve_parser(sub: Subparsers) -> None:
         description="Load the engine a refit request names, refit it to the request's checkpoint, verify "
         "against PyTorch, then serve OIP v2 over HTTP. New checkpoints arrive on POST "
         "/v2/models/MODEL/refit (bearer token). Ready only once a checkpoint is verified.",
+        epilog="endpoints: /v2/health/live, /v2/health/ready, /v2/models/MODEL[/ready|/infer], /metrics; "
+        "POST /v2/models/MODEL/refit takes a RefitRequest and answers a RefitResult (off without a token)."
+        f"\n\n{TOLERANCES}\n\n{URI_SCHEMES}",
     )
     parser.add_argument("--model-name", required=True, metavar="NAME", help="the model's name in OIP paths")
     parser.add_argument(
@@ -60,16 +65,18 @@ def add_serve_parser(sub: Subparsers) -> None:
         default=30.0,
         help="then: seconds the requests in flight may take to finish (default 30)",
     )
+    add_log_format_argument(parser)
     parser.set_defaults(func=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    configure(args.log_format)
     try:
         request = read_request(args.request, os.environ)
         token = read_token(args.token_file, os.environ)
         check_numbers(args.port, args.drain_seconds, args.grace_seconds)
     except ConfigError as exc:
-        print(f"trtrefit serve: {exc}", file=sys.stderr)
+        logging.getLogger("trtrefit.serving").error(f"trtrefit serve: {exc}")
         return 2
     from trtrefit.serving.server import run
 

@@ -9,10 +9,9 @@ signal ends the drain early (uvicorn's own handling: a second SIGINT stops at on
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -37,8 +36,11 @@ class ServeOptions:
     grace_seconds: float = 30.0
 
 
+_log = logging.getLogger("trtrefit.serving")
+
+
 def say(message: str) -> None:
-    print(f"[serve] {message}", file=sys.stderr, flush=True)
+    _log.info(message, extra={"stage": "serve"})  # text or JSON: trtrefit.logs, set up by the command
 
 
 class _Server(uvicorn.Server):
@@ -75,6 +77,7 @@ def run(options: ServeOptions) -> int:
         port=options.port,
         access_log=False,
         log_level="info",
+        log_config=None,  # uvicorn's records go to our handler, in our format (trtrefit.logs)
         lifespan="off",
         timeout_graceful_shutdown=int(options.grace_seconds),
     )
@@ -92,8 +95,7 @@ def run(options: ServeOptions) -> int:
             server.stop()
             return
         except Exception:  # a bug: say so, and exit non-zero rather than serve nothing forever
-            traceback.print_exc(file=sys.stderr)
-            say("start-up failed: internal error (traceback above)")
+            _log.exception("start-up failed: internal error", extra={"stage": "serve"})
             failed.set()
             server.stop()
             return
