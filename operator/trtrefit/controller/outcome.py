@@ -131,9 +131,7 @@ def _lost(running: LastRefit, now: datetime | None) -> LastRefit:
     )
 
 
-def classify(  # noqa: PLR0911 (one return per class of failure reads best)
-    job: JobView, report: PodReport | None, record: LastRefit
-) -> RefitFailure:
+def classify(job: JobView, report: PodReport | None, record: LastRefit) -> RefitFailure:  # noqa: PLR0911
     """Transient (the platform took the pod away, storage was unreachable) or permanent (the same Job would
     fail the same way), with what can fix a permanent one."""
     result = report.result if report is not None else None
@@ -151,17 +149,21 @@ def classify(  # noqa: PLR0911 (one return per class of failure reads best)
         return permanent("WorkerError")
     if job.reason == "DeadlineExceeded":
         return permanent("DeadlineExceeded")
-    if report is not None and (
-        report.reason == "OOMKilled" or (report.exit_code == 137 and not report.disrupted)
-    ):
-        return permanent("OOMKilled")
-    if report is not None and (report.disrupted or report.reason in _TRANSIENT_POD_REASONS):
-        return RefitFailure(
-            kind=FailureKind.TRANSIENT, reason=_TRANSIENT_POD_REASONS.get(report.reason, "Evicted")
-        )
     if report is None:
         return RefitFailure(kind=FailureKind.TRANSIENT, reason="PodDeleted")  # no pod left a result
-    return permanent("PodFailed")
+    return _pod_failure(report)
+
+
+def _pod_failure(report: PodReport) -> RefitFailure:
+    """A pod that ended without a result: taken away by the platform, killed, or crashed."""
+    if report.reason == "OOMKilled" or (
+        report.exit_code == 137 and not report.disrupted and report.reason not in _TRANSIENT_POD_REASONS
+    ):
+        return RefitFailure(kind=FailureKind.PERMANENT, reason="OOMKilled", waits_for=WAITS_FOR_POD_FIX)
+    if report.disrupted or report.reason in _TRANSIENT_POD_REASONS:
+        reason = _TRANSIENT_POD_REASONS.get(report.reason, "Evicted")
+        return RefitFailure(kind=FailureKind.TRANSIENT, reason=reason)
+    return RefitFailure(kind=FailureKind.PERMANENT, reason="PodFailed", waits_for=WAITS_FOR_POD_FIX)
 
 
 def _with_result(ended: LastRefit, job: JobView, report: PodReport | None, publish: str | None) -> LastRefit:
