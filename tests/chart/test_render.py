@@ -48,6 +48,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "port": 9090,
             "service": {"port": 9090},
             "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "alertLabels": {"team": "ml"}},
+            "dashboard": {
+                "enabled": True,
+                "annotations": {"grafana_folder": "ML"},
+                "namespace": "monitoring",
+            },
         },
         "imagePullSecrets": [{"name": "regcred"}],
         "operator": {"logLevel": "debug", "extraArgs": ["--some-flag"], "env": [{"name": "A", "value": "1"}]},
