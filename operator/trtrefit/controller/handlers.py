@@ -5,6 +5,7 @@ a serving Deployment. Handlers return nothing, so kopf writes nothing of theirs 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any, cast
 
@@ -26,17 +27,7 @@ RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a
 # the resync timer covers what waits longer, so a watch stream is never held up for long.
 EVENT_ATTEMPTS = 3
 QUICK_RETRY_SECONDS = 2.0
-MAX_BACKOFF_SECONDS = 300.0
-
-
-def retry_delay(result: PassResult, retry: int) -> float | None:
-    """When to run again: the pass's delay, doubled for each consecutive retry of kopf's when it backs off
-    (API errors), at most five minutes."""
-    if result.retry_after is None:
-        return None
-    if not result.backoff:
-        return result.retry_after
-    return min(MAX_BACKOFF_SECONDS, result.retry_after * float(2 ** min(retry, 10)))
+LOGGER = logging.getLogger(__name__)
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:
@@ -69,28 +60,35 @@ async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
     return result
 
 
-async def pass_or_retry(runtime: Runtime, namespace: str, name: str, retry: int = 0) -> None:
+async def pass_or_retry(runtime: Runtime, namespace: str, name: str) -> None:
     """For kopf's change handlers and timers: kopf retries the handler after a TemporaryError's delay."""
     try:
         result = await run_pass(runtime, namespace, name)
     except InvalidSpecError as exc:
         raise kopf.PermanentError(str(exc)) from exc
-    delay = retry_delay(result, retry)
+    delay = runtime.next_delay(namespace, name, result.retry_after, backoff=result.backoff)
     if delay is not None:
         raise kopf.TemporaryError(f"{result.retry_reason}; again in {delay:g} s", delay=delay)
 
 
-async def pass_with_attempts(runtime: Runtime, namespace: str, name: str, logger: kopf.Logger) -> None:
-    """For watch events: a few quick attempts (bounded), then the resync timer takes over."""
+async def pass_with_attempts(
+    runtime: Runtime, namespace: str, name: str, logger: kopf.Logger | logging.Logger = LOGGER
+) -> None:
+    """For watch events: a few quick attempts (bounded); a longer wait (a backoff, a scheduled retry) is left
+    to a wake-up, so a watch stream is never held up for long."""
     for _ in range(EVENT_ATTEMPTS):
         try:
             result = await run_pass(runtime, namespace, name)
         except InvalidSpecError as exc:
             logger.warning(f"TRTModel {namespace}/{name}: {exc}")
             return
-        if result.retry_after is None or result.retry_after > QUICK_RETRY_SECONDS:
+        delay = runtime.next_delay(namespace, name, result.retry_after, backoff=result.backoff)
+        if delay is None:
             return
-        await asyncio.sleep(result.retry_after)
+        if delay > QUICK_RETRY_SECONDS:
+            runtime.wake_later(namespace, name, delay, lambda: pass_with_attempts(runtime, namespace, name))
+            return
+        await asyncio.sleep(delay)
 
 
 @kopf.on.login()
@@ -109,13 +107,13 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 # `kubectl annotate trtm NAME trtrefit.dev/retry=<new value>`: a failed refit runs once more.
 @kopf.on.update(GROUP, VERSION, PLURAL, field=("metadata", "annotations", RETRY_ANNOTATION))
-async def model_changed(namespace: str | None, name: str, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    await pass_or_retry(runtime_of(memo), namespace or "", name, retry)
+async def model_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await pass_or_retry(runtime_of(memo), namespace or "", name)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
-    await pass_or_retry(runtime_of(memo), namespace or "", name, int(kwargs.get("retry") or 0))
+async def resync(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await pass_or_retry(runtime_of(memo), namespace or "", name)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
