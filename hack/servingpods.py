@@ -36,6 +36,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+import lifeline
 from apiretry import REQUEST_TIMEOUT, Backoff, Outage, transient
 from containerenv import ContainerConfigError, resolve_argv, resolve_env
 from trtrefit.api.serving import DEFAULT_PORT
@@ -314,8 +315,10 @@ class ServingPod:
         with self.log.open("ab") as out:
             out.write(f"--- {_now()} start #{state.restart_count}: {' '.join(argv)}\n".encode())
             out.flush()
-            self.process = subprocess.Popen(argv, env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            # Tied to this process (the kubelet stand-in): a SIGKILLed fakekubelet leaves no server behind.
+            self.process = subprocess.Popen(lifeline.command(argv), env=env, cwd=home, stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)  # fmt: skip
         state.waiting, state.running_since, state.ready = None, _now(), False
         self._write(state)
         return True

@@ -17,6 +17,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+import lifeline
 from localcluster import LocalCluster, free_port, running_cluster
 from tests.kubehelpers import wait_for
 from trtrefit.api.crd import CRD_PATH
@@ -87,7 +88,10 @@ class OperatorProcess:
         ]  # fmt: skip
         env = {**self.cluster.env(), "TRTREFIT_WORKER_IMAGE": WORKER_IMAGE, **self.extra_env}
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            # Tied to this test run: it dies with pytest, also when pytest is SIGKILLed (hack/lifeline.py).
+            self.process = subprocess.Popen(
+                lifeline.command(argv), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
 
     def stop(self, *, kill: bool = False) -> None:
         """SIGTERM (a graceful exit) or SIGKILL (a crash), then wait for the process."""

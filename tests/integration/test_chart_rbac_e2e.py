@@ -30,6 +30,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+import lifeline
 from localcluster import LocalCluster, free_port, write_kubeconfig
 from tests.chart.argocd import argocd_health
 from tests.chart.helmtool import CHART, helm_on_cluster, set_args
@@ -143,7 +144,7 @@ def _start_operator(
     log = workdir / f"{release}-operator.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "trtrefit.cli", *args, f"--kubeconfig={kubeconfig}"],
+            lifeline.command([sys.executable, "-m", "trtrefit.cli", *args, f"--kubeconfig={kubeconfig}"]),
             env={**base, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

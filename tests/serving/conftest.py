@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import lifeline
 from localcluster import free_port
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome
@@ -265,7 +266,10 @@ def start_server(
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TRTREFIT_")}
     environment.update(env or {})
     with log.open("wb") as sink:
-        process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=environment)
+        # Tied to this test run: it dies with pytest, also when pytest is SIGKILLed (hack/lifeline.py).
+        process = subprocess.Popen(
+            lifeline.command(args), stdout=sink, stderr=subprocess.STDOUT, env=environment
+        )
     return ServerProcess(process, port, log)
 
 
