@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker.conftest import Bundle
+from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome, RefitResult
 from trtrefit.worker.__main__ import main
 
@@ -108,3 +109,40 @@ def test_a_bounded_dynamic_dimension_takes_its_lower_bound(
     code, result = refit(capsys, *args_for(program, program, bundle.good, tmp_path / "out"))
     assert code == 0, result.message
     assert DEFAULTS_NOTE in result.message
+
+
+def _request(engine: Path, source: Path, checkpoint: Path, key: str) -> RefitRequest:
+    """A serving pod's refit request (InPlace) without spec.verify: no inputs, default tolerances."""
+    return RefitRequest.model_validate(
+        {"key": key, "engine": {"uri": engine.as_uri()}, "source": {"uri": source.as_uri()},
+         "checkpoint": {"uri": checkpoint.as_uri()}}
+    )  # fmt: skip
+
+
+def test_a_serving_pod_starts_and_refits_with_the_default_verification(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """InPlace takes the same request: the server's start-up and its refit endpoint generate the inputs
+    from the source program's signature too."""
+    from trtrefit.serving.service import ServingModel
+
+    serving = ServingModel("cnn", tmp_path)
+    started = serving.start(_request(bundle.engine, bundle.source, bundle.good, "aaaa0000"))
+    assert started.outcome is Outcome.PASSED, started.message
+    assert started.verification is not None and started.verification.min_cosine_similarity >= 0.999
+    refitted = serving.refit(_request(bundle.engine, bundle.source, bundle.jitter, "bbbb0000"))
+    assert refitted.outcome is Outcome.PASSED, refitted.message
+    assert serving.state().serves("bbbb0000")
+
+
+def test_a_serving_pod_refuses_to_start_on_unbounded_dynamic_shapes_without_inputs(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    from trtrefit.serving.service import ServingModel, StartupError
+
+    program = _dynamic_program(tmp_path / "dynamic.pt2", bounded=False)
+    (tmp_path / "work").mkdir()
+    serving = ServingModel("cnn", tmp_path / "work")
+    with pytest.raises(StartupError, match=r"program input 0 \('input'\) dimension 0 is dynamic"):
+        serving.start(_request(program, program, bundle.good, "aaaa0000"))
+    assert not serving.state().ready

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from trtrefit.worker import programs
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import TensorSpec, check_compatible
+from trtrefit.worker.inputs import program_signature
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +52,7 @@ class ExportedLive:
         self.device = device
         program = programs.to_device(programs.load_program(engine_path, f"engine {label}"), device)
         self._expected = {name: TensorSpec.of(t) for name, t in programs.weights_of(program).items()}
+        self.signature = program_signature(program)  # for a request that gives no verify inputs
         with programs.quiet_torch():
             self._module = program.module()
         self._slots = {name: self._slot(name) for name in self._expected}

@@ -25,7 +25,7 @@ from trtrefit.serving import streams
 from trtrefit.worker import programs
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import check_compatible, load_checkpoint
-from trtrefit.worker.inputs import generate, input_specs, load_inputs
+from trtrefit.worker.inputs import program_signature, verification_inputs
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.refit import exact_fp32
 from trtrefit.worker.storage import (
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 # A serving pod answers a caller who waits: fail an unreachable URI within seconds, not a minute.
 FETCH_RETRY = Retry(attempts=3, first_delay_s=0.2)
-DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,12 @@ def prepare(
             check_finite(checkpoint.state, label)
             if isinstance(checkpoint_file, Fetched):
                 checkpoint_file.check_unchanged()  # what was parsed is what was hashed
-            inputs = _inputs(request, inputs_file)
+            file = (inputs_file.path, inputs_file.uri) if inputs_file else None
+            # No inputs in the request: generated from the reference program's signature, as a Job does.
+            signature = reference.signature if reference is not None else None
+            if signature is None and checkpoint.program is not None:
+                signature = program_signature(checkpoint.program)
+            inputs = verification_inputs(request.verify, file, signature).tensors
         with progress.stage("stage"), streams.refit_work(live.device):
             # One copy to the device, shared by the engines' staging and the reference (read-only in both).
             weights = {name: streams.to_device(t, live.device) for name, t in checkpoint.state.items()}
@@ -144,14 +148,6 @@ def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
     if bad:
         names = ", ".join(f"'{n}'" for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise WorkerError(f"{label}: non-finite values (NaN/inf) in {names}")
-
-
-def _inputs(request: RefitRequest, fetched: Fetched | None) -> list[torch.Tensor]:
-    if fetched is not None:
-        return load_inputs(fetched.path, fetched.uri)
-    generated = request.verify.generate or []
-    seed = request.verify.seed if request.verify.seed is not None else DEFAULT_SEED
-    return generate(input_specs(generated), seed)
 
 
 def _expected_outputs(

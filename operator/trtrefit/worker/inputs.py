@@ -154,6 +154,22 @@ def signature_specs(program: ExportedProgram) -> list[InputSpec]:
 
 
 @dataclass(frozen=True)
+class Signature:
+    """What a program's signature lets the generator make: its specs, or why it cannot (kept, not raised,
+    so a server can read it once at load and refuse only a request that needs it)."""
+
+    specs: tuple[InputSpec, ...] = ()
+    refusal: str = ""
+
+
+def program_signature(program: ExportedProgram) -> Signature:
+    try:
+        return Signature(specs=tuple(signature_specs(program)))
+    except WorkerError as exc:
+        return Signature(refusal=exc.message)
+
+
+@dataclass(frozen=True)
 class VerificationInputs:
     """The tensors and one phrase saying where they came from (for the result's message)."""
 
@@ -162,10 +178,10 @@ class VerificationInputs:
 
 
 def verification_inputs(
-    verify: VerifySpec, file: tuple[Path, str] | None, program: ExportedProgram | None
+    verify: VerifySpec, file: tuple[Path, str] | None, signature: Signature | None
 ) -> VerificationInputs:
     """The inputs a verification runs on: the fetched file (path, uri), else `verify.generate`, else the
-    signature of `program` (the reference: the source program, or the checkpoint's own)."""
+    `signature` of the reference program (the source program, or the checkpoint's own)."""
     seed = DEFAULT_SEED if verify.seed is None else verify.seed
     if file is not None:
         path, uri = file
@@ -174,11 +190,12 @@ def verification_inputs(
         return VerificationInputs(
             generate(input_specs(verify.generate), seed), f"inputs generated (seed {seed})"
         )
-    if program is None:
+    if signature is None:
         raise WorkerError("verify: no inputs given and no program whose signature could generate them")
-    specs = signature_specs(program)
+    if signature.refusal:
+        raise WorkerError(signature.refusal)
     return VerificationInputs(
-        generate(specs, seed), f"inputs generated from the program signature (seed {seed})"
+        generate(signature.specs, seed), f"inputs generated from the program signature (seed {seed})"
     )
 
 

@@ -19,7 +19,12 @@ from trtrefit.worker import programs
 from trtrefit.worker.backends import Backend, RefitJob, detect, open_backend
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
-from trtrefit.worker.inputs import VerificationInputs, tolerance_phrase, verification_inputs
+from trtrefit.worker.inputs import (
+    VerificationInputs,
+    program_signature,
+    tolerance_phrase,
+    verification_inputs,
+)
 from trtrefit.worker.progress import Progress
 from trtrefit.worker.storage import DEFAULT_MAX_BYTES, Fetched, Wanted, fetch_all, publish
 from trtrefit.worker.verify import Report, Tolerances, verify
@@ -99,7 +104,8 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
             )
         reference = _reference(checkpoint, source, request)
         given = art.get("inputs")
-        generated = verification_inputs(request.verify, (given.path, given.uri) if given else None, reference)
+        file = (given.path, given.uri) if given else None
+        generated = verification_inputs(request.verify, file, program_signature(reference))
         inputs = generated.tensors
     with progress.stage("refit"):
         job = RefitJob(checkpoint, reference, inputs, device, workdir, request.refit_path.value)
