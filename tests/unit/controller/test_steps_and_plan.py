@@ -117,7 +117,9 @@ def test_a_job_deleted_before_its_result_was_read_is_said_and_retried_after_a_ba
     assert f"{JOB} was deleted before its result was read" in assessment.record.message
     later = world(status=TRTModelStatus(last_refit=assessment.record), deployment=deployment())
     assert later.assessment().step is Step.RETRY_SCHEDULED  # at NOW the backoff has not passed
-    due = assess(later.desired, later.observed, later.model.status.last_refit, now=NOW + timedelta(seconds=11))
+    due = assess(
+        later.desired, later.observed, later.model.status.last_refit, now=NOW + timedelta(seconds=11)
+    )
     assert due.step is Step.NEEDS_JOB
 
 
