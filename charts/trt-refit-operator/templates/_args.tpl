@@ -10,6 +10,7 @@
 {{- end }}
 - --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
 - --metrics-port={{ if .Values.metrics.enabled }}{{ .Values.metrics.port }}{{ else }}0{{ end }}
+- --log-format={{ .Values.operator.logFormat | default "text" }}
 {{- if eq .Values.operator.logLevel "debug" }}
 - --verbose
 {{- end }}
