@@ -1,12 +1,16 @@
 """GPU tests: a CUDA device and torch_tensorrt (TensorRT or TensorRT-RTX) are needed; everywhere else
-they are skipped. Run on the lent H200 (../shared/gpu/README.md): `pytest -m gpu tests/gpu`."""
+they are skipped. Run on the lent H200 (../shared/gpu/README.md; the command is in bench/README.md,
+"GPU tests"): `pytest -m gpu tests/gpu`."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+JUNIT_NAME = "gpu_tests.junit.xml"
 
 
 def _missing() -> str | None:
@@ -19,9 +23,18 @@ def _missing() -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """The marker is registered in pyproject.toml too; on the device pytest runs with `-c /dev/null`."""
+    """The marker is registered in pyproject.toml too; on the device pytest runs with `-c /dev/null`.
+
+    On the device (the recipe runs pytest with tests/gpu on its command line and $OUT set) the run also
+    writes its junit XML to $OUT/gpu_tests.junit.xml, to be committed beside the results: this conftest
+    is then loaded before pytest's junitxml plugin configures, so setting the path here takes effect.
+    Anywhere else, or when --junitxml is given, nothing changes."""
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU with TensorRT; skipped where there is none")
+    out = os.environ.get("OUT")
+    if out and not config.option.xmlpath and Path(out).is_dir():
+        config.option.xmlpath = str(Path(out) / JUNIT_NAME)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

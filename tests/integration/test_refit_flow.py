@@ -74,7 +74,8 @@ def test_checkpoint_bump_refits_verifies_and_rolls_out(
     kinds["RolledOut"] = "True"
     assert {kind: condition({"status": ready}, kind)["status"] for kind in kinds} == kinds
     assert rolled_out(kube_api, namespace)
-    assert pod.metadata.name
+    # The pod the test completed is the Job's own, made by kube's Job controller.
+    assert [(o.kind, o.name) for o in pod.metadata.owner_references] == [("Job", job.metadata.name)]
 
     wait_events(kube_api, namespace, "RefitStarted", "RefitPassed", "RolloutStarted", "RolloutComplete")
 

@@ -88,7 +88,9 @@ def test_failed_verification_exits_2_and_publishes_nothing(
     code, result, _ = refit(capsys, *local_args(bundle, getattr(bundle, checkpoint), tmp_path / "out"))
     assert code == 2
     assert result.outcome is Outcome.VERIFICATION_FAILED
-    assert why in result.message
+    assert why in result.message, result.message
+    assert result.message.endswith("; nothing published"), result.message
+    assert result.engine is None
     assert result.verification is not None and not result.verification.passed
     assert not (tmp_path / "out").exists()
 
