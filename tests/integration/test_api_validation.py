@@ -27,9 +27,8 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "both inputs and generate",
         {"verify": {"inputs": {"uri": "s3://m/inputs.safetensors"}, "generate": [{"shape": [1, 8]}]}},
-        ["spec.verify", "set exactly one of verify.inputs and verify.generate"],
+        ["spec.verify", "set at most one of verify.inputs and verify.generate"],
     ),
-    ("neither inputs nor generate", {"verify": {"rtol": 0.1}}, ["spec.verify", "set exactly one"]),
     (
         "seed without generated inputs",
         {"verify": {"inputs": {"uri": "s3://m/inputs.safetensors"}, "seed": 3}},
@@ -51,6 +50,19 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("GPUs on a CPU refit", {"refitJob": {"device": "cpu", "gpus": 1}},
      ["spec.refitJob.gpus", "requests no GPUs"]),
     ("unknown device", {"refitJob": {"device": "tpu"}}, ["spec.refitJob.device"]),
+    ("label under our prefix", {"refitJob": {"labels": {"trtrefit.dev/model": "x"}}},
+     ["spec.refitJob.labels", "no key under the operator's own trtrefit.dev/ prefix"]),
+    ("annotation under our prefix", {"refitJob": {"annotations": {"x.trtrefit.dev/a": "b"}}},
+     ["spec.refitJob.annotations", "no key under the operator's own trtrefit.dev/ prefix"]),
+    ("bad label key", {"refitJob": {"labels": {"bad key": "x"}}}, ["spec.refitJob.labels", "qualified name"]),
+    ("bad label value", {"refitJob": {"labels": {"team": "no spaces"}}}, ["spec.refitJob.labels.team"]),
+    ("bad GPU resource", {"refitJob": {"gpuResource": "gpu"}}, ["spec.refitJob.gpuResource"]),
+    ("bad priority class", {"refitJob": {"priorityClassName": "Low_Prio"}},
+     ["spec.refitJob.priorityClassName"]),
+    ("bad affinity operator",
+     {"refitJob": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+         "nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "Near"}]}]}}}}},
+     ["spec.refitJob.affinity.nodeAffinity", "Unsupported value"]),
     ("env with value and valueFrom",
      {"refitJob": {"env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": SECRET_KEY}}]}},
      ["spec.refitJob.env[0].valueFrom", "set value or valueFrom, not both"]),
@@ -162,3 +174,38 @@ def test_kubectl_get_columns_and_short_name(
     resources = client.CustomObjectsApi(kube_api).get_api_resources(GROUP, VERSION)
     (resource,) = [r for r in resources.resources if r.name == PLURAL]
     assert resource.short_names == ["trtm"] and resource.categories == ["trtrefit"]
+
+
+def test_a_model_without_verify_is_accepted_with_the_default_tolerances(
+    kube_api: client.ApiClient, trtmodel_crd: str, namespace: str
+) -> None:
+    body = trtmodel()
+    del body["spec"]["verify"]
+    create_model(kube_api, namespace, body)
+    verify = get_model(kube_api, namespace)["spec"]["verify"]
+    assert verify == {"rtol": 0.01, "atol": 0.01, "minCosineSimilarity": 0.999}
+
+
+def test_the_refit_job_with_batch_scheduling_fields_is_a_job_the_api_server_takes(
+    kube_api: client.ApiClient, trtmodel_crd: str, namespace: str
+) -> None:
+    """Labels (Kueue's queue name), annotations, priorityClassName, affinity and a MIG resource, from a
+    TRTModel the API server stored, into a Job it accepts (server-side dry run: admission included)."""
+    from tests.unit.controller.test_refit_job import SCHEDULING
+    from trtrefit.api.trtmodel import TRTModel
+    from trtrefit.controller.builders import build_refit_job
+    from trtrefit.controller.config import OperatorConfig
+    from trtrefit.controller.desired import desired_refit
+
+    body = trtmodel()
+    body["spec"]["refitJob"] = copy.deepcopy(SCHEDULING)
+    create_model(kube_api, namespace, body)
+    stored = TRTModel.model_validate(get_model(kube_api, namespace))
+    assert stored.spec.refit_job.affinity is not None and stored.spec.refit_job.labels == SCHEDULING["labels"]
+    job = build_refit_job(stored, desired_refit(stored.spec), "worker:1", OperatorConfig())
+    created = client.BatchV1Api(kube_api).create_namespaced_job(namespace, job, dry_run="All")
+    pod = created.spec.template.spec
+    assert created.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-team"
+    assert pod.priority_class_name == "batch-low"  # resolved to a priority for pods, not Job templates
+    assert pod.affinity.node_affinity.required_during_scheduling_ignored_during_execution is not None
+    assert pod.containers[0].resources.limits["nvidia.com/mig-1g.10gb"] == "1"

@@ -50,7 +50,7 @@ def test_without_verify_settings_a_wrong_refit_is_still_caught(
     from trtrefit.worker.samples import build
 
     drifted = build("trtrefit.worker.samples:small_cnn", 0)
-    drifted[4].eps = 0.5
+    setattr(drifted.get_submodule("4"), "eps", 0.5)  # noqa: B010 (nn.Module attributes are untyped)
     with quiet_torch():
         save_program(torch.export.export(drifted, (torch.randn(4, 3, 32, 32),)), tmp_path / "drifted.pt2")
     code, result = refit(

@@ -4,11 +4,14 @@ admission, not when the Job is created."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any
 
 from kube_custom_resource import schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
+from trtrefit.api.affinity import Affinity
 from trtrefit.api.base import (
     DNS_SUBDOMAIN_PATTERN,
     ENV_VAR_NAME_PATTERN,
@@ -21,6 +24,47 @@ from trtrefit.api.base import (
 from trtrefit.api.quantity import BYTE_SIZE_PATTERN
 
 Quantity = schema.IntOrString
+
+# Label and annotation keys: an optional DNS-subdomain prefix and a name (Kubernetes' qualified names).
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# An extended resource: nvidia.com/gpu, or a MIG profile such as nvidia.com/mig-1g.10gb.
+RESOURCE_NAME_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+OWN_PREFIX = "trtrefit.dev/"  # keys the operator sets and reads on its Jobs; a user's must not collide
+OWN_KEY = f"key under the operator's own {OWN_PREFIX} prefix"
+
+
+def _metadata_map(kind: str, value_schema: dict[str, Any]) -> dict[str, Any]:
+    """Schema of a labels/annotations map: bounded, qualified keys, none under trtrefit.dev/."""
+    return {
+        "maxProperties": 32,
+        "additionalProperties": {"type": "string", **value_schema},
+        **cel(
+            Rule(
+                f"self.all(k, !k.startsWith('{OWN_PREFIX}') && !k.contains('.{OWN_PREFIX}'))",
+                f"{kind}: no {OWN_KEY} (the operator sets those itself)",
+            ),
+            Rule(
+                f"self.all(k, size(k) <= 317 && k.matches('{QUALIFIED_NAME_PATTERN}'))",
+                f"{kind}: every key is a qualified name such as kueue.x-k8s.io/queue-name",
+            ),
+        ),
+    }
+
+
+def _check_keys(kind: str, keys: dict[str, str]) -> dict[str, str]:
+    for key in keys:
+        if key.startswith(OWN_PREFIX) or f".{OWN_PREFIX}" in key:
+            raise ValueError(f"{kind} {key!r}: no {OWN_KEY} (the operator sets those itself)")
+        if not re.match(QUALIFIED_NAME_PATTERN, key) or len(key) > 317:
+            raise ValueError(f"{kind} {key!r}: not a qualified name such as kueue.x-k8s.io/queue-name")
+    return keys
 
 
 class Device(StrEnum):
@@ -256,3 +300,47 @@ class RefitJobSpec(Model):
         description="Finished refit Jobs are deleted this long after they end; the result stays in status.",
         ge=0,
     )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Labels of the refit Job and its pod, e.g. kueue.x-k8s.io/queue-name for a Kueue LocalQueue. "
+            "Keys under trtrefit.dev/ are refused; the operator's own labels win over a user's."
+        ),
+        json_schema_extra=_metadata_map("labels", {"maxLength": 63, "pattern": LABEL_VALUE_PATTERN}),
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations of the refit Job and its pod. Keys under trtrefit.dev/ are refused.",
+        json_schema_extra=_metadata_map("annotations", {"maxLength": 4096}),
+    )
+    priority_class_name: schema.Optional[str] = Field(
+        default=None,
+        description="PriorityClass of the refit pod (also what Kueue orders workloads by).",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
+    affinity: schema.Optional[Affinity] = Field(
+        default=None, description="Node and pod (anti-)affinity of the refit pod, as in a pod spec."
+    )
+    gpu_resource: schema.Optional[str] = Field(
+        default=None,
+        description=(
+            "Extended resource the GPUs are requested as: nvidia.com/gpu, or a MIG profile such as "
+            "nvidia.com/mig-1g.10gb; the operator's default (gpuResource, nvidia.com/gpu) when unset."
+        ),
+        pattern=RESOURCE_NAME_PATTERN,
+        max_length=317,
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if len(value) > 63 or not re.match(LABEL_VALUE_PATTERN, value):
+                raise ValueError(f"labels {key!r}: value {value[:80]!r} is not a label value (63 characters)")
+        return _check_keys("labels", labels)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_keys(cls, annotations: dict[str, str]) -> dict[str, str]:
+        return _check_keys("annotations", annotations)

@@ -105,7 +105,7 @@ def _container(model: TRTModel, key: str, image: str, config: OperatorConfig) ->
         "args": worker_args(model.spec, key, max_artifact_bytes(job, config)),
         "env": [env.wire() for env in job.env],
         "envFrom": [source.wire() for source in job.env_from],
-        "resources": _resources(job, config.gpu_resource, scratch_bytes(job, config)),
+        "resources": _resources(job, job.gpu_resource or config.gpu_resource, scratch_bytes(job, config)),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Restricted Pod Security: the worker image runs as a non-root user and writes only under /tmp.
@@ -136,6 +136,10 @@ def _pod_spec(model: TRTModel, key: str, image: str, config: OperatorConfig) -> 
     }
     if job.service_account_name:
         pod["serviceAccountName"] = job.service_account_name
+    if job.priority_class_name:
+        pod["priorityClassName"] = job.priority_class_name
+    if job.affinity is not None:
+        pod["affinity"] = job.affinity.wire()
     return {key: value for key, value in pod.items() if value not in ([], {})}
 
 
@@ -150,8 +154,9 @@ def build_refit_job(model: TRTModel, desired: DesiredRefit, image: str, config: 
     A failed verification (exit code 2) fails the Job at once; other errors are retried up to
     backoffLimit; evicted pods do not count."""
     job = model.spec.refit_job
-    labels = refit_labels(model, desired.key)
-    annotations = {CHECKPOINT_ANNOTATION: desired.checkpoint.uri}
+    # The user's labels (a Kueue queue name, say) and annotations go on the Job and its pod; ours win.
+    labels = {**job.labels, **refit_labels(model, desired.key)}
+    annotations = {**job.annotations, CHECKPOINT_ANNOTATION: desired.checkpoint.uri}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -213,3 +213,75 @@ def test_downloads_are_bounded_and_the_scratch_volume_is_sized_and_requested() -
     ]
     own = job_of({"refitJob": {"resources": {"requests": {"ephemeral-storage": "100Gi"}}}})
     assert container(own)["resources"]["requests"]["ephemeral-storage"] == "100Gi"
+
+
+KUEUE = {"kueue.x-k8s.io/queue-name": "gpu-team"}
+AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H200"]}]}
+            ]
+        },
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 10, "preference": {"matchExpressions": [{"key": "pool", "operator": "Exists"}]}}
+        ],
+    },
+    "podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 50,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "trtrefit-refit"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }
+        ]
+    },
+}
+SCHEDULING = {
+    "labels": {**KUEUE, "team": "vision"},
+    "annotations": {"example.com/cost-center": "ml-42"},
+    "priorityClassName": "batch-low",
+    "affinity": AFFINITY,
+    "gpuResource": "nvidia.com/mig-1g.10gb",
+}
+
+
+def test_batch_scheduling_fields_reach_the_job_and_its_pod() -> None:
+    job = job_of({"refitJob": SCHEDULING})
+    kubernetes_validate.validate(job, "1.35.0", strict=True)
+    for metadata in (job["metadata"], job["spec"]["template"]["metadata"]):
+        assert metadata["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team"
+        assert metadata["labels"]["team"] == "vision"
+        assert metadata["annotations"]["example.com/cost-center"] == "ml-42"
+        assert REFIT_KEY_LABEL in metadata["labels"]  # ours are still there
+    pod = job["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "batch-low"
+    assert pod["affinity"] == AFFINITY  # copied unchanged, no empty lists added
+    assert container(job)["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
+    assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
+
+
+def test_the_operators_labels_win_over_a_users_of_the_same_key() -> None:
+    job = job_of({"refitJob": {"labels": {"app.kubernetes.io/name": "mine"}}})
+    assert job["metadata"]["labels"]["app.kubernetes.io/name"] == "trtrefit-refit"
+
+
+@pytest.mark.parametrize(
+    ("refit_job", "error"),
+    [
+        ({"labels": {"trtrefit.dev/model": "x"}}, "no key under the operator's own trtrefit.dev/ prefix"),
+        ({"annotations": {"a.trtrefit.dev/x": "y"}}, "no key under the operator's own trtrefit.dev/ prefix"),
+        ({"labels": {"bad key!": "x"}}, "not a qualified name"),
+        ({"labels": {"team": "no spaces"}}, "is not a label value"),
+        ({"gpuResource": "gpu"}, "gpuResource"),
+        ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}}, "nodeSelectorTerms"),
+        ({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{}]}}}, "topologyKey"),
+    ],
+)  # fmt: skip
+def test_bad_scheduling_fields_are_refused_naming_the_field(refit_job: dict[str, Any], error: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error):
+        model({"refitJob": refit_job})
