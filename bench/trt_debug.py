@@ -91,7 +91,7 @@ def step(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
 
 def fast_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> Any:
     from trtrefit.worker import programs
-    from trtrefit.worker.backends import RefitJob
+    from trtrefit.worker.backends import RefitWork
     from trtrefit.worker.backends.tensorrt import TensorRTBackend
     from trtrefit.worker.formats import load_checkpoint
     from trtrefit.worker.inputs import load_inputs
@@ -106,7 +106,7 @@ def fast_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> Any:
         inputs = load_inputs(root / "inputs.safetensors", "inputs")
     work = Path(tempfile.mkdtemp(dir=root))
     with progress.stage("refit"):
-        backend.refit(RefitJob(ckpt, reference, inputs, "cuda", work, "fast"), progress)
+        backend.refit(RefitWork(ckpt, reference, inputs, "cuda", work, "fast"), progress)
     with progress.stage("run_engine"):
         out = backend.run(inputs)[0]
     report["fast_timings"] = progress.timings

@@ -16,7 +16,7 @@ from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.worker import programs
-from trtrefit.worker.backends import Backend, RefitJob, detect, open_backend
+from trtrefit.worker.backends import Backend, RefitWork, detect, open_backend
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
 from trtrefit.worker.inputs import (
@@ -108,8 +108,8 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         generated = verification_inputs(request.verify, file, program_signature(reference))
         inputs = generated.tensors
     with progress.stage("refit"):
-        job = RefitJob(checkpoint, reference, inputs, device, workdir, request.refit_path.value)
-        refitted = backend.refit(job, progress)
+        work = RefitWork(checkpoint, reference, inputs, device, workdir, request.refit_path.value)
+        refitted = backend.refit(work, progress)
         trace.path = refitted.path
         progress.say("refit", f"refitted via the {refitted.path.value} path")
     with progress.stage("verify"):

@@ -22,7 +22,7 @@ TENSORRT_MARKERS = (b"tensorrt.execute_engine", b"torch.classes.tensorrt")
 
 
 @dataclass
-class RefitJob:
+class RefitWork:
     """Everything a backend needs to refit: the new weights, the reference (the source program carrying
     the new weights; its graph holds constants such as BatchNorm eps), the inputs and the device."""
 
@@ -50,10 +50,10 @@ class Backend(Protocol):
         None when neither the engine nor a source program says (the refit plan checks names then)."""
         ...
 
-    def refit(self, job: RefitJob, progress: Progress) -> Refitted: ...
+    def refit(self, work: RefitWork, progress: Progress) -> Refitted: ...
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Outputs of the refitted program on the job's device."""
+        """Outputs of the refitted program on the refit's device."""
         ...
 
     def save(self, path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from trtrefit.api.result import RefitPath
 from trtrefit.worker import programs
-from trtrefit.worker.backends import RefitJob, Refitted
+from trtrefit.worker.backends import Refitted, RefitWork
 from trtrefit.worker.formats import TensorSpec
 from trtrefit.worker.progress import Progress
 
@@ -31,8 +31,8 @@ class ExportedBackend:
     def expected_weights(self, source: ExportedProgram | None) -> dict[str, TensorSpec]:
         return {name: TensorSpec.of(t) for name, t in programs.weights_of(self._program).items()}
 
-    def refit(self, job: RefitJob, progress: Progress) -> Refitted:
-        programs.swap_weights(self._program, job.checkpoint.state)
+    def refit(self, work: RefitWork, progress: Progress) -> Refitted:
+        programs.swap_weights(self._program, work.checkpoint.state)
         progress.say("refit", f"swapped {len(self._program.state_dict)} parameters and buffers")
         self._runnable = programs.to_device(self._program, self._device)
         return Refitted(RefitPath.EXPORTED)

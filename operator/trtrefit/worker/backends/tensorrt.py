@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtrefit.api.result import RefitPath
 from trtrefit.worker import programs
-from trtrefit.worker.backends import RefitJob, Refitted
+from trtrefit.worker.backends import Refitted, RefitWork
 from trtrefit.worker.backends.trt_archive import (
     ENGINE_IDX,
     ENGINE_QUALIFIED_NAME,
@@ -117,12 +117,12 @@ class TensorRTBackend:
     def versions(self) -> dict[str, str]:
         return versions()
 
-    def refit(self, job: RefitJob, progress: Progress) -> Refitted:
+    def refit(self, work: RefitWork, progress: Progress) -> Refitted:
         reason = "--refit-path fallback"
-        if job.policy != "fallback":
+        if work.policy != "fallback":
             try:
-                engines = self._refit_engines(job, progress)
-                self._install(engines, job, progress)
+                engines = self._refit_engines(work, progress)
+                self._install(engines, work, progress)
                 return Refitted(RefitPath.FAST)
             except FastPathError as exc:
                 reason = str(exc)
@@ -130,13 +130,13 @@ class TensorRTBackend:
                 # TensorRT and its bindings differ between versions (TensorRT, TensorRT-RTX): an API the
                 # fast path relies on failing here must cost speed, not the refit.
                 reason = f"unexpected {type(exc).__name__} in the fast path: {' '.join(str(exc).split())}"
-            if job.policy == "fast":
+            if work.policy == "fast":
                 raise WorkerError(f"engine {self._label}: no fast refit: {reason}")
         progress.say("refit", f"fast path not taken: {reason}; refitting with refit_module_weights")
         with progress.stage("refit.load"):
             program = self._load(self._path)
         with progress.stage("refit.fallback"):
-            self._fallback(program, job)
+            self._fallback(program, work)
         self._program = program
         return Refitted(RefitPath.FALLBACK, [f"fallback because {reason}"])
 
@@ -163,17 +163,17 @@ class TensorRTBackend:
 
     # -- fast path ---------------------------------------------------------------------------------
 
-    def _refit_engines(self, job: RefitJob, progress: Progress) -> dict[str, bytes]:
+    def _refit_engines(self, work: RefitWork, progress: Progress) -> dict[str, bytes]:
         """Refit every engine from its serialized bytes (the program is never loaded for this);
         returns each engine's new serialized bytes by its place in the program."""
         trt = tensorrt_module()
         _check_layout()
         for name, shape in self._torch_weights.items():
-            value = job.checkpoint.state.get(name)
+            value = work.checkpoint.state.get(name)
             if value is None or tuple(value.shape) != shape:
                 raise FastPathError(f"the program's PyTorch-side weight '{name}' is not in the checkpoint")
-        eps = batchnorm_eps(job.reference)
-        specs = {name: TensorSpec.of(t) for name, t in job.checkpoint.state.items()}
+        eps = batchnorm_eps(work.reference)
+        specs = {name: TensorSpec.of(t) for name, t in work.checkpoint.state.items()}
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         return {
@@ -182,7 +182,7 @@ class TensorRTBackend:
                 runtime=runtime,
                 logger=logger,
                 entry=entry,
-                job=job,
+                work=work,
                 specs=specs,
                 eps=eps,
                 progress=progress,
@@ -197,7 +197,7 @@ class TensorRTBackend:
         runtime: Any,
         logger: Any,
         entry: EngineEntry,
-        job: RefitJob,
+        work: RefitWork,
         specs: dict[str, TensorSpec],
         eps: dict[str, float],
         progress: Progress,
@@ -215,7 +215,7 @@ class TensorRTBackend:
             count = f"{len(plan.unresolved)} of {len(names)} weights of {entry.name}"
             raise FastPathError(f"{count} have no source, e.g. '{name}': {why}")
         with progress.stage("refit.set_weights"):
-            keep = set_planned_weights(trt, refitter, names, plan, job.checkpoint.state)
+            keep = set_planned_weights(trt, refitter, names, plan, work.checkpoint.state)
             missing = list(refitter.get_missing_weights())
         if missing:
             raise FastPathError(f"TensorRT still misses {len(missing)} weights, e.g. '{missing[0]}'")
@@ -228,13 +228,13 @@ class TensorRTBackend:
         del keep
         return blob
 
-    def _install(self, engines: dict[str, bytes], job: RefitJob, progress: Progress) -> None:
+    def _install(self, engines: dict[str, bytes], work: RefitWork, progress: Progress) -> None:
         """Make the refitted program: repack the archive with the new engines and load that file (the
         only time engines are instantiated); if repacking fails, load the original and swap them in."""
         with progress.stage("refit.install"):
             if not self._torch_weights:
                 try:
-                    self._program = self._repacked(engines, job.workdir, progress)
+                    self._program = self._repacked(engines, work.workdir, progress)
                     return
                 except (RuntimeError, ValueError, KeyError, OSError, WorkerError) as exc:
                     progress.say("refit", f"repacking the archive failed ({exc}); swapping engines in place")
@@ -245,7 +245,7 @@ class TensorRTBackend:
                 info: list[str | bytes] = list(entry.info)
                 info[ENGINE_IDX] = engines[entry.fqn]
                 program.constants[entry.fqn] = torch.classes.tensorrt.Engine(tuple(info))
-            for name, tensor in _torch_side_weights(program, job).items():
+            for name, tensor in _torch_side_weights(program, work).items():
                 program.state_dict[name] = tensor
             self._program = program
 
@@ -265,15 +265,15 @@ class TensorRTBackend:
 
     # -- fallback ----------------------------------------------------------------------------------
 
-    def _fallback(self, program: ExportedProgram, job: RefitJob) -> None:
+    def _fallback(self, program: ExportedProgram, work: RefitWork) -> None:
         from torch_tensorrt.dynamo import refit_module_weights
 
-        new_weights = programs.to_device(job.reference, "cuda")
+        new_weights = programs.to_device(work.reference, "cuda")
         with programs.quiet_torch():
             refitted = refit_module_weights(
                 compiled_module=program,
                 new_weight_module=new_weights,
-                arg_inputs=tuple(t.cuda() for t in job.inputs),
+                arg_inputs=tuple(t.cuda() for t in work.inputs),
                 use_weight_map_cache=False,
                 in_place=False,
                 verify_output=False,
@@ -372,13 +372,13 @@ def _check_layout() -> None:
         raise FastPathError(f"this torch_tensorrt lays out engine info differently {actual}")
 
 
-def _torch_side_weights(program: ExportedProgram, job: RefitJob) -> dict[str, torch.Tensor]:
+def _torch_side_weights(program: ExportedProgram, work: RefitWork) -> dict[str, torch.Tensor]:
     """New values for weights the program runs in PyTorch (ops left outside the engines)."""
     import torch
 
     new = {}
     for name, old in program.state_dict.items():
-        value = job.checkpoint.state.get(name)
+        value = work.checkpoint.state.get(name)
         if value is None or tuple(value.shape) != tuple(old.shape):
             raise FastPathError(f"the program's PyTorch-side weight '{name}' is not in the checkpoint")
         moved = value.detach().to(device=old.device, dtype=old.dtype)
