@@ -105,23 +105,25 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonLineFormatter() if log_format == "json" else TextLineFormatter()
 
 
-def configure(log_format: str, level: int = logging.INFO) -> None:
-    """Send every log record of this process to stderr in `log_format`; Python warnings too, so that a
-    JSON stream holds nothing but JSON. Calling it again replaces the previous setup."""
+def configure(log_format: str, level: int = logging.INFO, *, warnings: bool = True) -> None:
+    """Send every log record of this process to stderr in `log_format`; Python warnings too (unless
+    `warnings` is False), so that a JSON stream holds nothing but JSON. Calling it again replaces the
+    previous setup."""
     handler = _StderrHandler()
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)]
     root.addHandler(handler)
     root.setLevel(level)
-    logging.captureWarnings(True)
+    if warnings:
+        logging.captureWarnings(True)
 
 
 def ensure_configured() -> None:
     """Text logging for callers that never chose a format (benchmarks, library use), so that stage lines
     still reach stderr as they did before logging carried them."""
     if not any(isinstance(h, _StderrHandler) for h in logging.getLogger().handlers):
-        configure("text")
+        configure("text", warnings=False)  # a library leaves the warnings machinery alone
 
 
 def restyle(log_format: str) -> None:
