@@ -91,25 +91,7 @@ def test_two_quick_checkpoint_bumps_end_in_one_rollout_of_the_newer(
     assert engine_in_template(kube_api, namespace) == f"s3://models/tiny/refits/{'c' * 64}.ep"
 
 
-def test_a_deleted_job_is_created_again(
-    kube_api: client.ApiClient, namespace: str, operator: OperatorProcess
-) -> None:
-    create_serving(kube_api, namespace)
-    create_model(kube_api, namespace, trtmodel())
-    first = wait_job(kube_api, namespace)
-    client.BatchV1Api(kube_api).delete_namespaced_job(
-        first.metadata.name, namespace, propagation_policy="Background"
-    )
-
-    def recreated() -> client.V1Job | None:
-        jobs = [j for j in refit_jobs(kube_api, namespace) if j.metadata.uid != first.metadata.uid]
-        return jobs[0] if jobs else None
-
-    second = wait_for(recreated, timeout=60, what="the refit Job created again")
-    assert second is not None
-    assert second.metadata.name == first.metadata.name
-    complete(kube_api, second)
-    wait_phase(kube_api, namespace, "Ready", timeout=120)
+# A Job deleted before its result was read: tests/integration/test_recovery.py (said, then retried).
 
 
 def test_a_missing_deployment_stalls_with_a_clear_message_and_recovers(
