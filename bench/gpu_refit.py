@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
 
-    from trtrefit.worker.backends.tensorrt import versions
+    from trtrefit.worker.backends.tensorrt.backend import versions
 
     args.deadline = time.perf_counter() + args.budget_s
     report: dict[str, Any] = {
@@ -230,7 +230,7 @@ def bench_stock(
     from torch.utils import _pytree
 
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.tensorrt import tensorrt_module
+    from trtrefit.worker.backends.tensorrt.backend import tensorrt_module
 
     tensorrt_module()
     from torch_tensorrt.dynamo import refit_module_weights
@@ -260,7 +260,7 @@ def bench_recompile(root: Path, checkpoint: Path, tolerances: dict[str, float]) 
     from torch.utils import _pytree
 
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.tensorrt import tensorrt_module
+    from trtrefit.worker.backends.tensorrt.backend import tensorrt_module
 
     tensorrt_module()
     import torch_tensorrt

@@ -580,7 +580,7 @@ def versions() -> dict[str, str]:
 
     found = {"python": platform.python_version(), "torch": torch.__version__}
     try:
-        from trtrefit.worker.backends.tensorrt import versions as trt_versions
+        from trtrefit.worker.backends.tensorrt.backend import versions as trt_versions
 
         found |= trt_versions()
     except ImportError:  # the CPU smoke test (--backend exported)

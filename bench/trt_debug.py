@@ -92,7 +92,7 @@ def step(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
 def fast_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> Any:
     from trtrefit.worker import programs
     from trtrefit.worker.backends import RefitWork
-    from trtrefit.worker.backends.tensorrt import TensorRTBackend
+    from trtrefit.worker.backends.tensorrt.backend import TensorRTBackend
     from trtrefit.worker.formats import load_checkpoint
     from trtrefit.worker.inputs import load_inputs
     from trtrefit.worker.progress import Progress
@@ -120,7 +120,7 @@ def stock_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> tuple[A
     from torch.utils import _pytree
 
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.tensorrt import tensorrt_module
+    from trtrefit.worker.backends.tensorrt.backend import tensorrt_module
     from trtrefit.worker.inputs import load_inputs
 
     tensorrt_module()
@@ -157,9 +157,9 @@ def stock_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> tuple[A
 def weight_diffs(root: Path, checkpoint: Path, stock: dict[str, Any]) -> dict[str, Any]:
     """Our planned value of every weight the stock path set, against the stock value."""
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.trt_archive import read_engines, read_record
-    from trtrefit.worker.backends.trt_plan import batchnorm_eps, materialize, plan_engine
-    from trtrefit.worker.backends.trt_record import engine_record
+    from trtrefit.worker.backends.tensorrt.archive import read_engines, read_record
+    from trtrefit.worker.backends.tensorrt.plan import batchnorm_eps, materialize, plan_engine
+    from trtrefit.worker.backends.tensorrt.record import engine_record
     from trtrefit.worker.formats import TensorSpec, load_checkpoint
 
     ckpt = load_checkpoint(checkpoint, "checkpoint")
@@ -227,10 +227,14 @@ def refit_variants(root: Path, checkpoint: Path, labels: list[str]) -> dict[str,
     import torch
 
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.tensorrt import serialize_engine, set_planned_weights, tensorrt_module
-    from trtrefit.worker.backends.trt_archive import read_engines, read_record
-    from trtrefit.worker.backends.trt_plan import batchnorm_eps, plan_engine
-    from trtrefit.worker.backends.trt_record import engine_record
+    from trtrefit.worker.backends.tensorrt.archive import read_engines, read_record
+    from trtrefit.worker.backends.tensorrt.backend import (
+        serialize_engine,
+        set_planned_weights,
+        tensorrt_module,
+    )
+    from trtrefit.worker.backends.tensorrt.plan import batchnorm_eps, plan_engine
+    from trtrefit.worker.backends.tensorrt.record import engine_record
     from trtrefit.worker.formats import TensorSpec, load_checkpoint
 
     trt = tensorrt_module()
@@ -321,7 +325,7 @@ def debug_model(name: str, root: Path, args: argparse.Namespace, out: dict[str, 
     from safetensors.torch import load_file
 
     from trtrefit.worker import programs
-    from trtrefit.worker.backends.tensorrt import tensorrt_module
+    from trtrefit.worker.backends.tensorrt.backend import tensorrt_module
     from trtrefit.worker.compile import CompileRequest, compile_bundle
     from trtrefit.worker.inputs import load_inputs
     from trtrefit.worker.samples import write_checkpoint

@@ -52,9 +52,9 @@ class Prepared:
 
     def __init__(self, name: str, root: Path, batch: int) -> None:
         from trtrefit.worker import programs
-        from trtrefit.worker.backends.tensorrt import tensorrt_module
-        from trtrefit.worker.backends.trt_archive import read_engines, read_record
-        from trtrefit.worker.backends.trt_plan import batchnorm_eps
+        from trtrefit.worker.backends.tensorrt.archive import read_engines, read_record
+        from trtrefit.worker.backends.tensorrt.backend import tensorrt_module
+        from trtrefit.worker.backends.tensorrt.plan import batchnorm_eps
         from trtrefit.worker.compile import CompileRequest, compile_bundle
         from trtrefit.worker.formats import TensorSpec, load_checkpoint
         from trtrefit.worker.samples import write_checkpoint
@@ -80,8 +80,8 @@ class Prepared:
 
     def plan(self, names: list[str]) -> Any:
         """The fast path's plan: where each of the engine's weights `names` comes from."""
-        from trtrefit.worker.backends.trt_plan import plan_engine
-        from trtrefit.worker.backends.trt_record import engine_record
+        from trtrefit.worker.backends.tensorrt.plan import plan_engine
+        from trtrefit.worker.backends.tensorrt.record import engine_record
 
         record = engine_record(self.record, self.entry.name, set(names))
         return plan_engine(names, self.entry.weight_name_map(), record, self.specs, self.eps)
@@ -98,7 +98,7 @@ def refit_once(
     state: dict[str, Any] | None = None,
     blob: bytes | None = None,
 ) -> dict[str, Any]:
-    from trtrefit.worker.backends.tensorrt import set_planned_weights
+    from trtrefit.worker.backends.tensorrt.backend import set_planned_weights
 
     trt = p.trt
     row: dict[str, Any] = {}
@@ -207,7 +207,7 @@ def persistence(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     engine; the serialized results' digests show whether they are the same engine."""
     import hashlib
 
-    from trtrefit.worker.backends.tensorrt import serialize_engine
+    from trtrefit.worker.backends.tensorrt.backend import serialize_engine
     from trtrefit.worker.formats import load_checkpoint
     from trtrefit.worker.samples import write_checkpoint
 
@@ -241,7 +241,7 @@ def from_primed(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
     """In a new process: refit the primed engine file `persistence` wrote with checkpoint 2."""
     import hashlib
 
-    from trtrefit.worker.backends.tensorrt import serialize_engine
+    from trtrefit.worker.backends.tensorrt.backend import serialize_engine
     from trtrefit.worker.formats import load_checkpoint
 
     p = Prepared(name, root, args.batch)
@@ -336,7 +336,7 @@ def split_refit(name: str, root: Path, args: argparse.Namespace) -> dict[str, An
 
     import torch
 
-    from trtrefit.worker.backends.tensorrt import serialize_engine, set_planned_weights
+    from trtrefit.worker.backends.tensorrt.backend import serialize_engine, set_planned_weights
 
     p = Prepared(name, root, args.batch)
     trt = p.trt
@@ -409,7 +409,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    from trtrefit.worker.backends.tensorrt import versions
+    from trtrefit.worker.backends.tensorrt.backend import versions
 
     run = {
         "anatomy": anatomy,

@@ -24,7 +24,7 @@ import pytest
 from trtrefit.api.result import Outcome, RefitPath, RefitResult
 from trtrefit.worker.__main__ import main
 from trtrefit.worker.backends import detect
-from trtrefit.worker.backends.trt_archive import RECORD_FILE, read_engines, read_record
+from trtrefit.worker.backends.tensorrt.archive import RECORD_FILE, read_engines, read_record
 from trtrefit.worker.compile import CompileRequest, compile_bundle
 from trtrefit.worker.samples import write_checkpoint
 

@@ -130,7 +130,7 @@ def legacy_zip(source: Path, target: Path, marker: Path) -> Path:
 
 def custom_object(source: Path, target: Path, qualified_class: str, state: Any) -> Path:
     """A custom object constant of `qualified_class` (a TorchScript class name) with `state`."""
-    from trtrefit.worker.backends.trt_package import custom_object_bytes
+    from trtrefit.worker.backends.tensorrt.package import custom_object_bytes
 
     def add(document: dict[str, Any]) -> dict[str, Any]:
         document["config"]["obj"] = {"path_name": "custom_obj_0", "is_param": False, "use_pickle": True}

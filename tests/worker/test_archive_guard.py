@@ -191,7 +191,7 @@ def test_an_engine_object_naming_anything_else_is_refused(dynamic_program: Path,
 
 
 def test_a_tensorrt_engine_object_passes(dynamic_program: Path, tmp_path: Path) -> None:
-    """What torch_tensorrt stores (and trt_package writes): the Engine class with a list of strings.
+    """What torch_tensorrt stores (and tensorrt.package writes): the Engine class with a list of strings.
     Loading it needs torch_tensorrt; the guard itself does not."""
     archive = poisoned.custom_object(
         dynamic_program, tmp_path / "e.pt2", ENGINE_CLASS, ["abi", "name", "dev", "ZW5n"]

@@ -29,21 +29,21 @@ import torch
 
 from trtrefit.serving import streams
 from trtrefit.worker import programs
-from trtrefit.worker.backends.tensorrt import (
+from trtrefit.worker.backends.tensorrt.archive import (
+    EngineEntry,
+    read_engines,
+    read_record,
+    read_weight_shapes,
+)
+from trtrefit.worker.backends.tensorrt.backend import (
     FastPathError,
     materialize_planned,
     set_weights,
     tensorrt_module,
     weight_prototypes,
 )
-from trtrefit.worker.backends.trt_archive import (
-    EngineEntry,
-    read_engines,
-    read_record,
-    read_weight_shapes,
-)
-from trtrefit.worker.backends.trt_plan import batchnorm_eps, plan_engine
-from trtrefit.worker.backends.trt_record import engine_record, schema_of
+from trtrefit.worker.backends.tensorrt.plan import batchnorm_eps, plan_engine
+from trtrefit.worker.backends.tensorrt.record import engine_record, schema_of
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import TensorSpec, check_compatible
 

@@ -109,7 +109,7 @@ def _compile_engine(
     backend: str, source: ExportedProgram, inputs: list[torch.Tensor], path: Path
 ) -> dict[str, Any]:
     if backend == "tensorrt":
-        from trtrefit.worker.backends.trt_compile import compile_tensorrt
+        from trtrefit.worker.backends.tensorrt.compile import compile_tensorrt
 
         return compile_tensorrt(source, inputs, path)
     with programs.quiet_torch():

@@ -11,7 +11,7 @@ import torch
 
 from tests.unit.worker import trt_fakes
 from trtrefit.worker.backends import detect
-from trtrefit.worker.backends.trt_archive import RECORD_FILE, read_engines, read_record
+from trtrefit.worker.backends.tensorrt.archive import RECORD_FILE, read_engines, read_record
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.programs import quiet_torch, save_program
 

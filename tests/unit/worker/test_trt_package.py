@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.unit.worker import trt_fakes
-from trtrefit.worker.backends.trt_archive import ENGINE_QUALIFIED_NAME, read_engines
-from trtrefit.worker.backends.trt_package import custom_object_bytes, repack
+from trtrefit.worker.backends.tensorrt.archive import ENGINE_QUALIFIED_NAME, read_engines
+from trtrefit.worker.backends.tensorrt.package import custom_object_bytes, repack
 from trtrefit.worker.programs import load_program, quiet_torch, run, save_program
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from trtrefit.worker.backends.trt_plan import (
+from trtrefit.worker.backends.tensorrt.plan import (
     BatchNormFold,
     Constant,
     FromCheckpoint,

@@ -8,8 +8,8 @@ import json
 import torch
 
 from tests.unit.worker.test_trt_plan import BN, CONV0, rtx_weight_map
-from trtrefit.worker.backends.trt_plan import plan_engine
-from trtrefit.worker.backends.trt_record import engine_record, explain_engine, make_record, schema_of
+from trtrefit.worker.backends.tensorrt.plan import plan_engine
+from trtrefit.worker.backends.tensorrt.record import engine_record, explain_engine, make_record, schema_of
 from trtrefit.worker.formats import TensorSpec
 from trtrefit.worker.samples import small_cnn
 

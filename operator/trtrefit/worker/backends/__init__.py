@@ -81,7 +81,7 @@ def detect(path: Path, label: str) -> str:
 
 def open_backend(kind: str, engine: Path, label: str, device: str) -> Backend:
     if kind == "tensorrt":
-        from trtrefit.worker.backends.tensorrt import TensorRTBackend
+        from trtrefit.worker.backends.tensorrt.backend import TensorRTBackend
 
         return TensorRTBackend(engine, label, device)
     from trtrefit.worker.backends.exported import ExportedBackend

@@ -1,9 +1,9 @@
 """The `tensorrt` backend: a Torch-TensorRT program (TensorRT engines inside a torch.export archive).
 
 Fast path, never re-lowering the model: for each engine, deserialize it with TensorRT, give EVERY weight
-`Refitter.get_all_weights()` lists a value planned by `trt_plan` (checkpoint tensors, BatchNorm algebra,
+`Refitter.get_all_weights()` lists a value planned by `plan` (checkpoint tensors, BatchNorm algebra,
 recorded or graph-derived constants such as eps), refit and serialize it; then repack the archive with the
-new engines (`trt_package`) and load that file once, so verification runs exactly what is published and
+new engines (`package`) and load that file once, so verification runs exactly what is published and
 the old engines are never instantiated. TensorRT-RTX under-reports missing weights, so a weight we
 cannot source stops the fast path instead of being left unset.
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from trtrefit.api.result import RefitPath
 from trtrefit.worker import programs
 from trtrefit.worker.backends import Refitted, RefitWork
-from trtrefit.worker.backends.trt_archive import (
+from trtrefit.worker.backends.tensorrt.archive import (
     ENGINE_IDX,
     ENGINE_QUALIFIED_NAME,
     NAME_IDX,
@@ -35,15 +35,15 @@ from trtrefit.worker.backends.trt_archive import (
     read_record,
     read_weight_shapes,
 )
-from trtrefit.worker.backends.trt_package import custom_object_bytes, repack
-from trtrefit.worker.backends.trt_plan import (
+from trtrefit.worker.backends.tensorrt.package import custom_object_bytes, repack
+from trtrefit.worker.backends.tensorrt.plan import (
     EnginePlan,
     PlanMismatchError,
     batchnorm_eps,
     materialize,
     plan_engine,
 )
-from trtrefit.worker.backends.trt_record import engine_record, schema_of
+from trtrefit.worker.backends.tensorrt.record import engine_record, schema_of
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import TensorSpec
 from trtrefit.worker.progress import Progress

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtrefit.worker import programs
-from trtrefit.worker.backends.trt_archive import RECORD_FILE
-from trtrefit.worker.backends.trt_plan import batchnorm_eps
-from trtrefit.worker.backends.trt_record import capture_weights, explain_engine, make_record
+from trtrefit.worker.backends.tensorrt.archive import RECORD_FILE
+from trtrefit.worker.backends.tensorrt.plan import batchnorm_eps
+from trtrefit.worker.backends.tensorrt.record import capture_weights, explain_engine, make_record
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,7 @@ def compile_tensorrt(source: ExportedProgram, inputs: list[torch.Tensor], path: 
     """Compile `source` with `immutable_weights=False`, save it to `path` with the record inside."""
     import torch_tensorrt
 
-    from trtrefit.worker.backends.tensorrt import versions
+    from trtrefit.worker.backends.tensorrt.backend import versions
 
     on_gpu = programs.to_device(source, "cuda")
     cuda_inputs = [t.cuda() for t in inputs]

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from trtrefit.worker.backends.trt_plan import (
+from trtrefit.worker.backends.tensorrt.plan import (
     BatchNormFold,
     Constant,
     FromCheckpoint,
