@@ -4,10 +4,12 @@ Pure: the reconcile pass executes the actions and reports them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from trtrefit.api.status import Digest, LastRefit, ServingStatus
-from trtrefit.controller.assess import Assessment, Observed, Step, revert_target
-from trtrefit.controller.desired import DesiredRefit
+from trtrefit.api.trtmodel import TRTModel
+from trtrefit.controller.assess import Assessment, Observed, Step, assess, revert_target
+from trtrefit.controller.desired import DesiredRefit, desired_refit
 from trtrefit.controller.observe import JobState, JobView
 
 
@@ -46,6 +48,24 @@ class Revert:
 
 
 Action = CreateJob | DeleteJob | RollOut | Revert
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where the desired refit stands and what this pass does about it."""
+
+    desired: DesiredRefit
+    assessment: Assessment
+    actions: list[Action]
+
+
+def decide(model: TRTModel, observed: Observed, now: datetime) -> Decision:
+    """The one pure decision of a Restart pass, from the model and what was observed: the reconcile pass
+    calls it before acting (for the actions) and after (for status), and the scenario tests call it too."""
+    desired = desired_refit(model.spec)
+    assessment = assess(desired, observed, model.status.last_refit, now=now)
+    actions = plan(desired, assessment, observed, model.status.serving, model.spec.paused)
+    return Decision(desired, assessment, actions)
 
 
 def plan(

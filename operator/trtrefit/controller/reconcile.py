@@ -18,7 +18,7 @@ from trtrefit.api.spec import RolloutStrategy
 from trtrefit.api.status import ConditionType, Phase, TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.act import API_ERROR_RETRY_SECONDS, api_failure, execute
-from trtrefit.controller.assess import Observed, Step, assess
+from trtrefit.controller.assess import Observed, Step
 from trtrefit.controller.builders import worker_image
 from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.desired import DesiredRefit, artifact_uris, desired_refit, refit_job_digest
@@ -29,7 +29,7 @@ from trtrefit.controller.naming import MODEL_ANNOTATION, MODEL_UID_LABEL, REFIT_
 from trtrefit.controller.observe import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
 from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pods
 from trtrefit.controller.patches import merge_patch
-from trtrefit.controller.plan import plan
+from trtrefit.controller.plan import decide
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.policy import refit_job_violation
 from trtrefit.controller.status import blocked_status, compute_status, invalid_spec_status
@@ -138,17 +138,11 @@ def _restart(
     generation = int(body["metadata"].get("generation", 0))
     desired = desired_refit(model.spec)
     observed = observe(cluster, model, desired, config)
-    actions = plan(
-        desired,
-        assess(desired, observed, model.status.last_refit, now=now),
-        observed,
-        model.status.serving,
-        model.spec.paused,
-    )
+    decision = decide(model, observed, now)
     outcome = execute(
-        cluster, model=model, desired=desired, actions=actions, observed=observed, config=config
+        cluster, model=model, desired=desired, actions=decision.actions, observed=observed, config=config
     )
-    assessment = assess(desired, outcome.observed, model.status.last_refit, now=now)
+    assessment = decide(model, outcome.observed, now).assessment
     retry_after, retry_reason = outcome.retry_after, outcome.retry_reason
     failure = assessment.record.failure if assessment.record is not None else None
     if assessment.step is Step.RETRY_SCHEDULED and failure is not None and failure.retry_at is not None:

@@ -9,11 +9,11 @@ from typing import Any
 from tests.unit.api.samples import body
 from trtrefit.api.status import TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
-from trtrefit.controller.assess import Assessment, Observed, assess
+from trtrefit.controller.assess import Assessment, Observed
 from trtrefit.controller.desired import DesiredRefit, desired_refit
 from trtrefit.controller.observe import DeploymentView, JobState, JobView, pod_progress, pod_report
 from trtrefit.controller.outcome import RefitObservation, desired_job
-from trtrefit.controller.plan import Action, plan
+from trtrefit.controller.plan import Action, decide
 from trtrefit.controller.status import compute_status
 
 NOW = datetime(2026, 1, 2, 4, 0, 0, tzinfo=UTC)
@@ -31,12 +31,10 @@ class World:
         return self.desired.key
 
     def assessment(self) -> Assessment:
-        return assess(self.desired, self.observed, self.model.status.last_refit, now=NOW)
+        return decide(self.model, self.observed, NOW).assessment
 
     def actions(self) -> list[Action]:
-        return plan(
-            self.desired, self.assessment(), self.observed, self.model.status.serving, self.model.spec.paused
-        )
+        return decide(self.model, self.observed, NOW).actions
 
     def status(self, now: datetime = NOW) -> TRTModelStatus:
         return compute_status(

@@ -90,7 +90,7 @@ class MemoryCluster:
         self.secrets: dict[str, Obj] = {}
         self.config_maps: dict[str, Obj] = {}
         self.conflicts = 0
-        self.deployment = {
+        self.deployment: dict[str, Any] = {
             "metadata": {"name": "resnet50-server"},
             "spec": {"replicas": len(pods), "selector": {"matchLabels": {"app": "srv"}}},
         }
