@@ -260,3 +260,16 @@ class TRTModelStatus(Model):
     def condition(self, kind: ConditionType) -> Condition | None:
         """The condition of this type, if present."""
         return next((c for c in self.conditions if c.type == kind), None)
+
+
+def history_after(
+    history: list[HistoryEntry], before: ServingStatus | None, after: ServingStatus | None, now: datetime
+) -> list[HistoryEntry]:
+    """status.history once `after` replaced `before` (unchanged when nothing new serves), newest first, for
+    rollback; both strategies keep it this way."""
+    if before is None or after is None:
+        return history
+    if (before.engine, before.checkpoint) == (after.engine, after.checkpoint):
+        return history
+    left = HistoryEntry(engine=before.engine, checkpoint=before.checkpoint, since=before.since, until=now)
+    return [left, *history][:HISTORY_LIMIT]

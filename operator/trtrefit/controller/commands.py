@@ -69,9 +69,9 @@ def run_operator(args: argparse.Namespace) -> int:
 
     from trtrefit.controller import handlers  # registers every handler with kopf
     from trtrefit.controller.config import OperatorConfig
+    from trtrefit.controller.handlers import configure
     from trtrefit.controller.kube import Cluster
     from trtrefit.controller.runtime import Runtime
-    from trtrefit.controller.settings import configure
 
     json_logs = args.log_format == "json"
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)

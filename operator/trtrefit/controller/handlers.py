@@ -12,7 +12,14 @@ from typing import Any, cast
 import kopf
 
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
-from trtrefit.controller.naming import MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, RETRY_ANNOTATION
+from trtrefit.controller.naming import (
+    FINALIZER,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODEL_LABEL,
+    PREFIX,
+    RETRY_ANNOTATION,
+)
 from trtrefit.controller.reconcile import (
     InvalidSpecError,
     PassResult,
@@ -28,6 +35,27 @@ RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a
 EVENT_ATTEMPTS = 3
 QUICK_RETRY_SECONDS = 2.0
 LOGGER = logging.getLogger(__name__)
+
+
+# Seconds. The API server ends each watch after the first (an integer: it is the timeoutSeconds query
+# parameter), so watches never go stale; the client gives up a little later.
+WATCH_SERVER_TIMEOUT = 300
+WATCH_CLIENT_TIMEOUT = 330
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator, in place (kopf owns the object): its bookkeeping lives under our own
+    prefix, and only our explicit Events reach the TRTModels (not kopf's log lines)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.enabled = True  # our kopf.event() calls: RefitStarted, VerificationFailed, ...
+    settings.posting.loggers = False  # not every kopf log line
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.peering.standalone = True  # one replica at a time; no KopfPeering objects needed
 
 
 def runtime_of(memo: kopf.Memo) -> Runtime:

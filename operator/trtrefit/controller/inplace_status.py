@@ -20,10 +20,10 @@ from trtrefit.api.status import (
     RolloutStatus,
     ServingStatus,
     TRTModelStatus,
+    history_after,
 )
 from trtrefit.controller import conditions as c
 from trtrefit.controller.desired import DesiredRefit
-from trtrefit.controller.history import history_after
 from trtrefit.controller.inplace_messages import stage_message
 from trtrefit.controller.inplace_plan import Decision, InPlaceObserved, Stage, failed_at_pod, in_place_record
 from trtrefit.controller.messages import numbers

@@ -19,6 +19,21 @@ MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, null for removed ones; {}
+    when equal. Lists and scalars are replaced whole, as RFC 7386 does. Status is written with it, in one
+    minimal request."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
 class KubeError(Exception):
     """An API request failed with an HTTP status; `request` says which (`create Job x`), for status."""
 

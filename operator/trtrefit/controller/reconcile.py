@@ -24,11 +24,10 @@ from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.desired import DesiredRefit, artifact_uris, desired_refit, refit_job_digest
 from trtrefit.controller.events import WARNING, Event, Finished, action_events, status_events
 from trtrefit.controller.inplace import reconcile_in_place
-from trtrefit.controller.kube import Cluster, ConflictError, KubeError, NotFoundError, Obj
+from trtrefit.controller.kube import Cluster, ConflictError, KubeError, NotFoundError, Obj, merge_patch
 from trtrefit.controller.naming import MODEL_ANNOTATION, MODEL_UID_LABEL, REFIT_KEY_LABEL, RETRY_ANNOTATION
 from trtrefit.controller.observe import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
 from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pods
-from trtrefit.controller.patches import merge_patch
 from trtrefit.controller.plan import decide
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.policy import refit_job_violation

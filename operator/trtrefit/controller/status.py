@@ -22,11 +22,11 @@ from trtrefit.api.status import (
     RolloutStatus,
     ServingStatus,
     TRTModelStatus,
+    history_after,
 )
 from trtrefit.controller import conditions as c
 from trtrefit.controller.assess import Assessment, Observed, Step
 from trtrefit.controller.desired import DesiredRefit
-from trtrefit.controller.history import history_after
 from trtrefit.controller.messages import step_message, verified_message
 from trtrefit.controller.observe import DeploymentView, RolloutState
 

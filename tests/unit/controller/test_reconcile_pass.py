@@ -12,8 +12,7 @@ from tests.unit.api.samples import body
 from tests.unit.controller.objects import PUBLISHED, apply_merge_patch, deployment, passed
 from tests.unit.controller.scenarios import NOW
 from trtrefit.controller.config import OperatorConfig
-from trtrefit.controller.kube import ConflictError, Obj
-from trtrefit.controller.patches import merge_patch
+from trtrefit.controller.kube import ConflictError, Obj, merge_patch
 from trtrefit.controller.reconcile import InvalidSpecError, reconcile
 
 CONFIG = OperatorConfig(worker_image="w:1")

@@ -8,7 +8,7 @@ import pytest
 
 from trtrefit.controller.commands import add_operator_parser, run_operator
 from trtrefit.controller.config import OperatorConfig
-from trtrefit.controller.patches import merge_patch
+from trtrefit.controller.kube import merge_patch
 
 
 def test_merge_patch_changes_adds_and_removes() -> None:

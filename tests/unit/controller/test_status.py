@@ -19,7 +19,7 @@ from trtrefit.api.status import (
     ServingStatus,
     TRTModelStatus,
 )
-from trtrefit.controller.patches import merge_patch
+from trtrefit.controller.kube import merge_patch
 
 KEY = key_of()
 JOB = f"resnet50-refit-{KEY[:10]}"
