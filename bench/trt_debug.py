@@ -90,6 +90,8 @@ def step(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
 
 
 def fast_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> Any:
+    from trtrefit.api.jobspec import Device
+    from trtrefit.api.request import RefitPolicy
     from trtrefit.worker import programs
     from trtrefit.worker.backends import RefitWork
     from trtrefit.worker.backends.tensorrt.backend import TensorRTBackend
@@ -106,7 +108,7 @@ def fast_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> Any:
         inputs = load_inputs(root / "inputs.safetensors", "inputs")
     work = Path(tempfile.mkdtemp(dir=root))
     with progress.stage("refit"):
-        backend.refit(RefitWork(ckpt, reference, inputs, "cuda", work, "fast"), progress)
+        backend.refit(RefitWork(ckpt, reference, inputs, Device.CUDA, work, RefitPolicy.FAST), progress)
     with progress.stage("run_engine"):
         out = backend.run(inputs)[0]
     report["fast_timings"] = progress.timings

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtrefit import __version__
+from trtrefit.api.jobspec import Device
 from trtrefit.api.redact import redact_text, redact_uri
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import CheckpointDigest, Outcome, RefitPath, RefitResult
 from trtrefit.worker import programs
-from trtrefit.worker.backends import Backend, RefitWork, detect, open_backend
+from trtrefit.worker.backends import Backend, BackendKind, RefitWork, detect, open_backend
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, check_compatible, load_checkpoint
 from trtrefit.worker.inputs import (
@@ -41,7 +42,7 @@ class _Trace:
     """What is known so far, so that a failure still reports backend, path, timings and versions."""
 
     key: str | None = None
-    backend: str | None = None
+    backend: BackendKind | None = None
     path: RefitPath | None = None
     versions: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, Fetched] = field(default_factory=dict)
@@ -83,7 +84,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
     with progress.stage("check"):
         kind = detect(art["engine"].path, request.engine.uri)
         trace.backend = kind
-        device = resolve_device(request.device.value, kind)
+        device = resolve_device(request.device, kind)
         progress.say("check", f"engine: {kind} program; device: {device}")
         backend = open_backend(kind, art["engine"].path, request.engine.uri, device)
         trace.versions.update(backend.versions())
@@ -108,7 +109,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         generated = verification_inputs(request.verify, file, program_signature(reference))
         inputs = generated.tensors
     with progress.stage("refit"):
-        work = RefitWork(checkpoint, reference, inputs, device, workdir, request.refit_path.value)
+        work = RefitWork(checkpoint, reference, inputs, device, workdir, request.refit_path)
         refitted = backend.refit(work, progress)
         trace.path = refitted.path
         progress.say("refit", f"refitted via the {refitted.path.value} path")
@@ -164,17 +165,19 @@ def tolerances(request: RefitRequest) -> Tolerances:
     return Tolerances(rtol=verify.rtol, atol=verify.atol, min_cosine_similarity=verify.min_cosine_similarity)
 
 
-def resolve_device(requested: str, kind: str) -> str:
-    """`auto` -> cuda when visible, else cpu; a TensorRT program needs CUDA (the Job and the server)."""
+def resolve_device(requested: Device | str, kind: BackendKind | str) -> Device:
+    """`auto` -> cuda when visible, else cpu; a TensorRT program needs CUDA (the Job and the server).
+    Also takes the wire values (the serving runtime passes them)."""
     import torch
 
+    requested, kind = Device(requested), BackendKind(kind)
     has_cuda = torch.cuda.is_available()
-    if requested == "cuda" and not has_cuda:
+    if requested is Device.CUDA and not has_cuda:
         raise WorkerError("device cuda: no CUDA device is visible to this process")
-    if kind == "tensorrt" and (requested == "cpu" or not has_cuda):
+    if kind is BackendKind.TENSORRT and (requested is Device.CPU or not has_cuda):
         raise WorkerError("the engine is a TensorRT program: it needs a CUDA device (device cuda or auto)")
-    if requested == "auto":
-        return "cuda" if has_cuda else "cpu"
+    if requested is Device.AUTO:
+        return Device.CUDA if has_cuda else Device.CPU
     return requested
 
 
@@ -219,7 +222,7 @@ def _verify(
     backend: Backend,
     reference: ExportedProgram,
     inputs: list[torch.Tensor],
-    device: str,
+    device: Device,
     tolerances: Tolerances,
 ) -> Report:
     shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from trtrefit.api.jobspec import Device
+from trtrefit.api.request import RefitPolicy
 from trtrefit.api.result import RefitPath
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import Checkpoint, TensorSpec
@@ -21,6 +24,13 @@ if TYPE_CHECKING:
 TENSORRT_MARKERS = (b"tensorrt.execute_engine", b"torch.classes.tensorrt")
 
 
+class BackendKind(StrEnum):
+    """Which backend refits an engine file: a Torch-TensorRT program, or a plain torch.export program."""
+
+    TENSORRT = "tensorrt"
+    EXPORTED = "exported"
+
+
 @dataclass
 class RefitWork:
     """Everything a backend needs to refit: the new weights, the reference (the source program carrying
@@ -29,9 +39,9 @@ class RefitWork:
     checkpoint: Checkpoint
     reference: ExportedProgram
     inputs: Sequence[torch.Tensor]
-    device: str
+    device: Device  # resolved: cpu or cuda
     workdir: Path
-    policy: str = "auto"  # TensorRT only: auto (fast, else fallback) | fast (fast or fail) | fallback
+    policy: RefitPolicy = RefitPolicy.AUTO  # TensorRT only; the exported backend has one path
 
 
 @dataclass
@@ -43,7 +53,7 @@ class Refitted:
 
 
 class Backend(Protocol):
-    name: str
+    name: BackendKind
 
     def expected_weights(self, source: ExportedProgram | None) -> dict[str, TensorSpec] | None:
         """Names, shapes and dtypes a checkpoint must hold for this engine (checked before any GPU work);
@@ -63,7 +73,7 @@ class Backend(Protocol):
     def versions(self) -> dict[str, str]: ...
 
 
-def detect(path: Path, label: str) -> str:
+def detect(path: Path, label: str) -> BackendKind:
     """`tensorrt` or `exported`, from the serialized graph inside the archive (nothing is loaded)."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -73,14 +83,14 @@ def detect(path: Path, label: str) -> str:
             for name in models:
                 body = archive.read(name)
                 if any(marker in body for marker in TENSORRT_MARKERS):
-                    return "tensorrt"
+                    return BackendKind.TENSORRT
     except zipfile.BadZipFile as exc:
         raise WorkerError(f"engine {label}: not a torch.export archive (.ep/.pt2): {exc}") from exc
-    return "exported"
+    return BackendKind.EXPORTED
 
 
-def open_backend(kind: str, engine: Path, label: str, device: str) -> Backend:
-    if kind == "tensorrt":
+def open_backend(kind: BackendKind, engine: Path, label: str, device: Device) -> Backend:
+    if kind is BackendKind.TENSORRT:
         from trtrefit.worker.backends.tensorrt.backend import TensorRTBackend
 
         return TensorRTBackend(engine, label, device)

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trtrefit.api.jobspec import Device
 from trtrefit.api.result import RefitPath
 from trtrefit.worker import programs
-from trtrefit.worker.backends import Refitted, RefitWork
+from trtrefit.worker.backends import BackendKind, Refitted, RefitWork
 from trtrefit.worker.formats import TensorSpec
 from trtrefit.worker.progress import Progress
 
@@ -21,9 +22,9 @@ if TYPE_CHECKING:
 
 
 class ExportedBackend:
-    name = "exported"
+    name = BackendKind.EXPORTED
 
-    def __init__(self, engine: Path, label: str, device: str) -> None:
+    def __init__(self, engine: Path, label: str, device: Device) -> None:
         self._program = programs.load_program(engine, f"engine {label}")
         self._device = device
         self._runnable: ExportedProgram | None = None

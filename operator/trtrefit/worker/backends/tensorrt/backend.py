@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trtrefit.api.jobspec import Device
+from trtrefit.api.request import RefitPolicy
 from trtrefit.api.result import RefitPath
 from trtrefit.worker import programs
-from trtrefit.worker.backends import Refitted, RefitWork
+from trtrefit.worker.backends import BackendKind, Refitted, RefitWork
 from trtrefit.worker.backends.tensorrt.archive import (
     ENGINE_IDX,
     ENGINE_QUALIFIED_NAME,
@@ -94,9 +96,9 @@ def versions() -> dict[str, str]:
 
 
 class TensorRTBackend:
-    name = "tensorrt"
+    name = BackendKind.TENSORRT
 
-    def __init__(self, engine: Path, label: str, device: str) -> None:
+    def __init__(self, engine: Path, label: str, device: Device) -> None:
         self._path = engine
         self._label = label
         self._device = device
@@ -119,7 +121,7 @@ class TensorRTBackend:
 
     def refit(self, work: RefitWork, progress: Progress) -> Refitted:
         reason = "--refit-path fallback"
-        if work.policy != "fallback":
+        if work.policy is not RefitPolicy.FALLBACK:
             try:
                 engines = self._refit_engines(work, progress)
                 self._install(engines, work, progress)
@@ -130,7 +132,7 @@ class TensorRTBackend:
                 # TensorRT and its bindings differ between versions (TensorRT, TensorRT-RTX): an API the
                 # fast path relies on failing here must cost speed, not the refit.
                 reason = f"unexpected {type(exc).__name__} in the fast path: {' '.join(str(exc).split())}"
-            if work.policy == "fast":
+            if work.policy is RefitPolicy.FAST:
                 raise WorkerError(f"engine {self._label}: no fast refit: {reason}")
         progress.say("refit", f"fast path not taken: {reason}; refitting with refit_module_weights")
         with progress.stage("refit.load"):
