@@ -29,7 +29,7 @@ from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.builders import build_rollout_patch
 from trtrefit.controller.kube import Cluster
 from trtrefit.controller.naming import FIELD_MANAGER
-from trtrefit.controller.observe import DeploymentView
+from trtrefit.controller.views import DeploymentView
 
 pytestmark = pytest.mark.integration
 

@@ -31,9 +31,9 @@ from trtrefit.controller.config import OperatorConfig
 from trtrefit.controller.desired import desired_refit
 from trtrefit.controller.kube import Cluster
 from trtrefit.controller.naming import job_name
-from trtrefit.controller.observe import DeploymentView
 from trtrefit.controller.plan import RollOut
-from trtrefit.controller.reconcile import observe
+from trtrefit.controller.reconcile import read_children
+from trtrefit.controller.views import DeploymentView
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +163,7 @@ def test_a_stale_deployment_patch_gets_409_and_is_retried(
     model = TRTModel.model_validate(created)
     cluster, config = Cluster(kube_api), OperatorConfig(worker_image="w:1")
     desired = desired_refit(model.spec)
-    observed = observe(cluster, model, desired, config)
+    observed = read_children(cluster, model, desired, config)
     assert observed.deployment is not None
     apps = client.AppsV1Api(kube_api)
     apps.patch_namespaced_deployment(SERVER, namespace, {"metadata": {"labels": {"touched": "yes"}}})
@@ -174,7 +174,7 @@ def test_a_stale_deployment_patch_gets_409_and_is_retried(
     assert stale.done == () and stale.retry_after is not None
     assert engine_in_template(kube_api, namespace) != "s3://models/tiny/refits/x.ep"
 
-    fresh = observe(cluster, model, desired, config)
+    fresh = read_children(cluster, model, desired, config)
     done = execute(cluster, model=model, desired=desired, actions=[action], observed=fresh, config=config)
     assert done.done == (action,) and done.retry_after is None
     assert engine_in_template(kube_api, namespace) == "s3://models/tiny/refits/x.ep"

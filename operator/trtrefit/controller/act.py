@@ -25,9 +25,9 @@ from trtrefit.controller.naming import (
     RETRY_TOKEN_ANNOTATION,
     job_name,
 )
-from trtrefit.controller.observe import ApiFailure, DeploymentView, JobView, one_line
-from trtrefit.controller.outcome import RefitObservation
+from trtrefit.controller.outcome import RefitEvidence
 from trtrefit.controller.plan import Action, CreateJob, DeleteJob, Revert, RollOut
+from trtrefit.controller.views import ApiFailure, DeploymentView, JobView, one_line
 
 CONFLICT_RETRY_SECONDS = 1.0
 BLOCKED_RETRY_SECONDS = 10.0
@@ -93,7 +93,7 @@ def _delete_job(
     )
     refit = observed.refit
     if refit.job is not None and refit.job.uid == action.job.uid:
-        refit = RefitObservation(job=None, replacing=True)
+        refit = RefitEvidence(job=None, replacing=True)
     return dataclasses.replace(observed, jobs=jobs, refit=refit), True, None
 
 
@@ -132,7 +132,7 @@ def _create_job(  # noqa: PLR0917
     except InvalidError as exc:
         return dataclasses.replace(observed, job_refused=one_line(exc.message)), False, None
     view = JobView.of(job)
-    refit = RefitObservation(job=view)
+    refit = RefitEvidence(job=view)
     return dataclasses.replace(observed, jobs=(*observed.jobs, view), refit=refit), True, None
 
 

@@ -18,8 +18,8 @@ from trtrefit.api.status import (
     ServingStatus,
 )
 from trtrefit.controller.desired import DesiredRefit
-from trtrefit.controller.observe import ApiFailure, DeploymentView, JobView, RolloutState
-from trtrefit.controller.outcome import RefitObservation, refit_record
+from trtrefit.controller.outcome import RefitEvidence, refit_record
+from trtrefit.controller.views import ApiFailure, DeploymentView, JobView, RolloutState
 
 
 class Step(StrEnum):
@@ -50,7 +50,7 @@ class Observed:
     """Everything one pass knows about the world besides the TRTModel itself."""
 
     jobs: tuple[JobView, ...]
-    refit: RefitObservation
+    refit: RefitEvidence
     deployment: DeploymentView | None
     has_worker_image: bool = True
     not_allowed: str = ""  # why the operator's allowlists refuse the refit Job this spec asks for
@@ -105,7 +105,7 @@ def _failed_step(record: LastRefit, observed: Observed, now: datetime) -> Step:
     if due is None:
         return Step.RETRY_SCHEDULED
     if due:  # as if no Job were there: the failed one is deleted before the next starts
-        return _refit_step(dataclasses.replace(observed, refit=RefitObservation(job=None)))
+        return _refit_step(dataclasses.replace(observed, refit=RefitEvidence(job=None)))
     return (
         Step.VERIFICATION_FAILED if record.outcome is RefitOutcome.VERIFICATION_FAILED else Step.REFIT_FAILED
     )

@@ -30,7 +30,7 @@ from trtrefit.controller.naming import (
     WORKER_CONTAINER,
     job_name,
 )
-from trtrefit.controller.observe import DeploymentView
+from trtrefit.controller.views import DeploymentView
 
 Manifest = dict[str, Any]
 VERIFICATION_FAILED_EXIT_CODE = 2  # the worker's exit code when the outputs miss the tolerances

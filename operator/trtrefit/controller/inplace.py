@@ -39,7 +39,6 @@ from trtrefit.controller.inplace_plan import (
 from trtrefit.controller.inplace_status import canary_record, compute_in_place_status, current_record
 from trtrefit.controller.kube import Cluster, ConflictError, InvalidError, NotFoundError
 from trtrefit.controller.naming import desired_config_map_name, token_secret_name
-from trtrefit.controller.observe import one_line
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.serving_pods import (
     DesiredConfig,
@@ -51,6 +50,7 @@ from trtrefit.controller.serving_pods import (
     replicas_of,
     token_of,
 )
+from trtrefit.controller.views import one_line
 
 BUDGET_SECONDS = 5.0  # keep acting within one pass this long; then the pass ends and runs again at once
 CONTINUE_SECONDS = 0.1
@@ -124,7 +124,7 @@ def reconcile_in_place(
     _ensure_config(run, create=not paused)
     deadline = time.monotonic() + budget_seconds
     while True:
-        observed = _observe(run)
+        observed = _read_pods(run)
         decision = decide(
             desired.key, run.request, observed, run.record, model.spec.rollout.batch_size(observed.replicas)
         )
@@ -212,7 +212,7 @@ def _ensure_config(run: _Pass, *, create: bool) -> None:
         )
 
 
-def _observe(run: _Pass) -> InPlaceObserved:
+def _read_pods(run: _Pass) -> InPlaceObserved:
     spec = run.model.spec
     deployment = run.cluster.get_deployment(run.namespace, spec.serving.deployment_name)
     base = InPlaceObserved(

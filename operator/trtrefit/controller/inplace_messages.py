@@ -11,8 +11,8 @@ from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.inplace_plan import InPlaceObserved, Stage
 from trtrefit.controller.messages import numbers
 from trtrefit.controller.naming import desired_config_map_name, token_secret_name
-from trtrefit.controller.observe import one_line
 from trtrefit.controller.serving_pods import Answer, PodState
+from trtrefit.controller.views import one_line
 
 MAX_LISTED = 5  # pods named in one message
 _FOREIGN = "it belongs to another owner; delete it and the operator makes its own"

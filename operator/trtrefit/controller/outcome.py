@@ -18,7 +18,7 @@ from trtrefit.api.status import (
     VerificationSummary,
 )
 from trtrefit.controller.desired import DesiredRefit
-from trtrefit.controller.observe import JobState, JobView, PodProgress, PodReport
+from trtrefit.controller.views import JobState, JobView, PodProgress, PodReport
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 TERMINAL = (RefitOutcome.PASSED, RefitOutcome.VERIFICATION_FAILED, RefitOutcome.FAILED)
@@ -43,7 +43,7 @@ WAITS_FOR_NEW_INPUT = (
 
 
 @dataclass(frozen=True)
-class RefitObservation:
+class RefitEvidence:
     """The desired refit's Job (if any), what its pods say, and whether a Job of it is being deleted."""
 
     job: JobView | None
@@ -79,7 +79,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 def refit_record(
-    desired: DesiredRefit, seen: RefitObservation, previous: LastRefit | None, now: datetime | None = None
+    desired: DesiredRefit, seen: RefitEvidence, previous: LastRefit | None, now: datetime | None = None
 ) -> LastRefit | None:
     """The LastRefit of the desired refit, or None when it has not started (and none is recorded)."""
     job = seen.job

@@ -10,7 +10,7 @@ from trtrefit.api.status import Digest, LastRefit, ServingStatus
 from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.assess import Assessment, Observed, Step, assess, revert_target
 from trtrefit.controller.desired import DesiredRefit, desired_refit
-from trtrefit.controller.observe import JobState, JobView
+from trtrefit.controller.views import JobState, JobView
 
 
 @dataclass(frozen=True)

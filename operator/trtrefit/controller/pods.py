@@ -15,8 +15,8 @@ import urllib3
 
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.serving import REFIT_PATH, STATE_PATH
-from trtrefit.controller.observe import one_line
 from trtrefit.controller.serving_pods import PodState, PodView, RefitAnswer, parse_answer, parse_state
+from trtrefit.controller.views import one_line
 
 CONNECT_SECONDS = 1.0
 STATE_SECONDS = 2.0  # a ServingState is served from memory: slow means unwell

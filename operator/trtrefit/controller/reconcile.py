@@ -26,12 +26,12 @@ from trtrefit.controller.events import WARNING, Event, Finished, action_events, 
 from trtrefit.controller.inplace import reconcile_in_place
 from trtrefit.controller.kube import Cluster, ConflictError, KubeError, NotFoundError, Obj, merge_patch
 from trtrefit.controller.naming import MODEL_ANNOTATION, MODEL_UID_LABEL, REFIT_KEY_LABEL, RETRY_ANNOTATION
-from trtrefit.controller.observe import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
-from trtrefit.controller.outcome import RefitObservation, desired_job, needs_pods
+from trtrefit.controller.outcome import RefitEvidence, desired_job, needs_pods
 from trtrefit.controller.plan import decide
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.policy import refit_job_violation
 from trtrefit.controller.status import blocked_status, compute_status, invalid_spec_status
+from trtrefit.controller.views import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
 
 DEPLOYMENT_CLAIMED = "DeploymentClaimed"
 CLAIM_RETRY_SECONDS = 30.0  # a safety net: deleting the owner releases the claim, and that triggers a pass
@@ -66,19 +66,21 @@ def reference(body: Obj) -> dict[str, Any]:
     }
 
 
-def observe(cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: OperatorConfig) -> Observed:
+def read_children(
+    cluster: Cluster, model: TRTModel, desired: DesiredRefit, config: OperatorConfig
+) -> Observed:
     """Read the refit Jobs of the model, the desired Job's pods when needed, and the serving Deployment."""
     namespace, uid = model.metadata.namespace or "", model.metadata.uid or ""
     jobs = tuple(JobView.of(job) for job in cluster.list_jobs(namespace, uid))
     job = desired_job(jobs, desired.key)
     replacing = any(j.key == desired.key and j.deleting for j in jobs)
-    refit = RefitObservation(job=job, replacing=replacing)
+    refit = RefitEvidence(job=job, replacing=replacing)
     if job is not None and needs_pods(job, model.status.last_refit, desired.key):
         pods = cluster.list_pods(namespace, f"{MODEL_UID_LABEL}={uid},{REFIT_KEY_LABEL}={desired.key}")
         if job.state is JobState.RUNNING:
-            refit = RefitObservation(job=job, progress=pod_progress(pods, job.uid))
+            refit = RefitEvidence(job=job, progress=pod_progress(pods, job.uid))
         else:
-            refit = RefitObservation(job=job, report=pod_report(pods, job.uid))
+            refit = RefitEvidence(job=job, report=pod_report(pods, job.uid))
     serving = model.spec.serving
     found = cluster.get_deployment(namespace, serving.deployment_name)
     deployment = DeploymentView.of(found, serving) if found is not None else None
@@ -136,7 +138,7 @@ def _restart(
     name = model.metadata.name
     generation = int(body["metadata"].get("generation", 0))
     desired = desired_refit(model.spec)
-    observed = observe(cluster, model, desired, config)
+    observed = read_children(cluster, model, desired, config)
     decision = decide(model, observed, now)
     outcome = execute(
         cluster, model=model, desired=desired, actions=decision.actions, observed=observed, config=config

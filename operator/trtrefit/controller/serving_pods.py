@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from trtrefit.api.request import RefitRequest
 from trtrefit.api.result import Outcome, RefitResult
 from trtrefit.api.serving import DESIRED_KEY, TOKEN_KEY, ServingState
-from trtrefit.controller.observe import one_line
+from trtrefit.controller.views import one_line
 
 Obj = Mapping[str, Any]
 

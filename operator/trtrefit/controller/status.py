@@ -28,7 +28,7 @@ from trtrefit.controller import conditions as c
 from trtrefit.controller.assess import Assessment, Observed, Step
 from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.messages import step_message, verified_message
-from trtrefit.controller.observe import DeploymentView, RolloutState
+from trtrefit.controller.views import DeploymentView, RolloutState
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from trtrefit.api.status import TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.assess import Assessment, Observed
 from trtrefit.controller.desired import DesiredRefit, desired_refit
-from trtrefit.controller.observe import DeploymentView, JobState, JobView, pod_progress, pod_report
-from trtrefit.controller.outcome import RefitObservation, desired_job
+from trtrefit.controller.outcome import RefitEvidence, desired_job
 from trtrefit.controller.plan import Action, decide
 from trtrefit.controller.status import compute_status
+from trtrefit.controller.views import DeploymentView, JobState, JobView, pod_progress, pod_report
 
 NOW = datetime(2026, 1, 2, 4, 0, 0, tzinfo=UTC)
 
@@ -69,12 +69,12 @@ def world(
     desired = desired_refit(model.spec)
     views = tuple(JobView.of(j) for j in jobs or [])
     job = desired_job(views, desired.key)
-    refit = RefitObservation(job=job)
+    refit = RefitEvidence(job=job)
     if job is not None:
         if job.state is JobState.RUNNING:
-            refit = RefitObservation(job=job, progress=pod_progress(pods or [], job.uid))
+            refit = RefitEvidence(job=job, progress=pod_progress(pods or [], job.uid))
         else:
-            refit = RefitObservation(job=job, report=pod_report(pods or [], job.uid))
+            refit = RefitEvidence(job=job, report=pod_report(pods or [], job.uid))
     view = DeploymentView.of(deployment, model.spec.serving) if deployment is not None else None
     observed = Observed(
         views,

@@ -10,8 +10,8 @@ from tests.unit.controller.scenarios import key_of, world
 from trtrefit.api.status import Digest, Phase, ServingStatus, TRTModelStatus
 from trtrefit.controller.events import Finished, action_events, status_events
 from trtrefit.controller.metrics import Metrics
-from trtrefit.controller.observe import JobState, JobView
 from trtrefit.controller.plan import CreateJob, DeleteJob, Revert, RollOut
+from trtrefit.controller.views import JobState, JobView
 
 KEY = key_of()
 JOB = f"resnet50-refit-{KEY[:10]}"

@@ -10,8 +10,8 @@ from tests.unit.controller.objects import ENGINE_SHA, PUBLISHED, job, passed, po
 from trtrefit.api.result import PublishedEngine
 from trtrefit.api.status import RefitOutcome
 from trtrefit.controller.desired import desired_refit
-from trtrefit.controller.observe import JobView, pod_report
-from trtrefit.controller.outcome import RefitObservation, refit_record, unpublished_engine
+from trtrefit.controller.outcome import RefitEvidence, refit_record, unpublished_engine
+from trtrefit.controller.views import JobView, pod_report
 
 SPEC = model().spec
 DESIRED = desired_refit(SPEC)
@@ -23,7 +23,7 @@ def record_for(engine_uri: str, sha256: str = ENGINE_SHA, state: str = "Complete
     result = result.model_copy(update={"engine": PublishedEngine(uri=engine_uri, sha256=sha256)})
     finished = JobView.of(job("j", DESIRED.key, state=state))
     report = pod_report([pod("p", exit_code=0, message=result.to_json())], "job-uid")
-    record = refit_record(DESIRED, RefitObservation(job=finished, report=report), None)
+    record = refit_record(DESIRED, RefitEvidence(job=finished, report=report), None)
     assert record is not None
     return record.outcome.value, record.message
 
@@ -57,5 +57,5 @@ def test_a_result_whose_digest_is_not_a_digest_is_no_result() -> None:
     report = pod_report([pod("p", exit_code=0, message=text)], "job-uid")
     assert report is not None and report.result is None  # the typed model refuses it
     finished = JobView.of(job("j", DESIRED.key, state="Complete"))
-    record = refit_record(DESIRED, RefitObservation(job=finished, report=report), None)
+    record = refit_record(DESIRED, RefitEvidence(job=finished, report=report), None)
     assert record is not None and record.outcome is RefitOutcome.FAILED and record.engine is None

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from tests.unit.api.samples import model
 from tests.unit.controller.objects import ENGINE_SHA, deployment, job, passed, pod
 from trtrefit.api.result import Outcome
-from trtrefit.controller.observe import (
+from trtrefit.controller.views import (
     DeploymentView,
     JobState,
     JobView,
