@@ -90,6 +90,7 @@ def test_helm_test_passes_while_the_operator_serves_metrics_and_fails_when_not(
     }
     install = helm(operator, tmp_path, "install", RELEASE, str(CHART), *set_args(values))
     assert install.returncode == 0, install.stderr
+    assert f"helm test {RELEASE} --namespace {operator.namespace}" in install.stdout  # NOTES say how
     try:
         check_helm_test(core, operator, tmp_path)
     finally:  # the release's ClusterRole(Binding) would outlive the test namespace
