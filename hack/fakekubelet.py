@@ -92,6 +92,7 @@ class FakeKubelet:
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fakekubelet-logs-")))
     ips: IpPool = field(default_factory=IpPool)
     _seen: set[str] = field(default_factory=set)
+    _started: set[str] = field(default_factory=set)  # refit pods whose process has been started
     _serving: dict[str, ServingPod] = field(default_factory=dict)
     _kwok_nodes: dict[str, bool] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -127,6 +128,10 @@ class FakeKubelet:
         # Every list answered: a serving pod missing from them (or being deleted) is gone.
         for uid in set(self._serving) - live:
             self._serving.pop(uid).delete()
+
+    def runs(self, uid: str) -> bool:
+        """Whether the refit pod with this uid has had its process started (running or done)."""
+        return uid in self._started
 
     def serving_pod(self, uid: str) -> ServingPod | None:
         """The local process behind a serving pod, by the pod's uid."""
@@ -216,6 +221,7 @@ class FakeKubelet:
             except StoppedError:
                 return
             env[TERMINATION_ENV] = str(term_file)
+            self._started.add(pod.metadata.uid)
             proc = subprocess.run(
                 # Tied to this process: a SIGKILLed kubelet stand-in (or pytest) leaves no worker running.
                 lifeline.command(resolve_argv(container, self.bin_dir, env)),
