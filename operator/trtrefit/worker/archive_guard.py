@@ -73,8 +73,7 @@ def _open(path: Path, label: str) -> Any:
     try:
         return torch._C.PyTorchFileReader(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkerError(f"{label}: not a loadable torch.export program: {first}") from exc
+        raise WorkerError.from_exc(f"{label}: not a loadable torch.export program", exc) from exc
 
 
 def _check_records(reader: Any) -> None:

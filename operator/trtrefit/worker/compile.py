@@ -100,8 +100,7 @@ def _source_program(request: CompileRequest, inputs: list[torch.Tensor], backend
         with programs.quiet_torch():
             exported = torch.export.export(model.to(device), tuple(t.to(device) for t in inputs))
     except (RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkerError(f"--model {request.model}: torch.export failed: {first}") from exc
+        raise WorkerError.from_exc(f"--model {request.model}: torch.export failed", exc) from exc
     return programs.to_device(exported, "cpu")
 
 

@@ -13,3 +13,10 @@ class WorkerError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+    @classmethod
+    def from_exc(cls, context: str, exc: BaseException) -> WorkerError:
+        """`<context>: <the first line of exc>` (its type's name when it says nothing): a library's
+        multi-line error shortened to the line that names the problem. Raise it `from exc`."""
+        text = str(exc).strip()
+        return cls(f"{context}: {text.splitlines()[0] if text else type(exc).__name__}")

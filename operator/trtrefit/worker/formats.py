@@ -106,9 +106,8 @@ def _load_pickle(path: Path, label: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkerError(
-            f"checkpoint {label}: not loadable with torch.load(weights_only=True): {first}"
+        raise WorkerError.from_exc(
+            f"checkpoint {label}: not loadable with torch.load(weights_only=True)", exc
         ) from exc
     return _as_state_dict(loaded, label)
 

@@ -43,8 +43,7 @@ def load_program(path: Path, label: str) -> ExportedProgram:
         with quiet_torch(), path.open("rb") as handle:
             return torch.export.load(handle)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkerError(f"{label}: not a loadable torch.export program: {first}") from exc
+        raise WorkerError.from_exc(f"{label}: not a loadable torch.export program", exc) from exc
 
 
 def save_program(program: ExportedProgram, path: Path, extra_files: Mapping[str, str] | None = None) -> None:

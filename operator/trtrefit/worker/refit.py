@@ -229,15 +229,13 @@ def _verify(
     try:
         actual = backend.run(inputs)
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
-        raise WorkerError(
-            f"the refitted engine does not run on the inputs ({shapes}): {_first_line(exc)}"
-        ) from exc
+        raise WorkerError.from_exc(f"the refitted engine does not run on the inputs ({shapes})", exc) from exc
     try:
         with exact_fp32(device):
             expected = programs.run(programs.to_device(reference, device), [t.to(device) for t in inputs])
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
-        raise WorkerError(
-            f"the reference program does not run on the inputs ({shapes}): {_first_line(exc)}"
+        raise WorkerError.from_exc(
+            f"the reference program does not run on the inputs ({shapes})", exc
         ) from exc
     return verify(actual, expected, tolerances)
 
@@ -259,11 +257,6 @@ def exact_fp32(device: str) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _manifest(request: RefitRequest, trace: _Trace, report: Report, progress: Progress) -> dict[str, Any]:
