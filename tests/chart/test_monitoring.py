@@ -17,6 +17,8 @@ from tests.chart.monitoring import dashboard_expressions, exposed, metric_names,
 from tests.integration import conftest as integration
 from tests.integration.conftest import OperatorProcess
 from tests.integration.world import complete, create_model, create_serving, trtmodel, wait_job, wait_phase
+from tests.kubehelpers import wait_for
+from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
 
 ALERTS = {
     "TRTModelRefitFailing",
@@ -91,3 +93,15 @@ def test_every_rule_and_panel_names_a_metric_of_the_real_scrape(
     # What a refit and a rollout produce has samples, not just a declaration (the error counter may be empty).
     empty = {name for name in used if name not in sampled} - {"trtrefit_reconcile_errors_total"}
     assert empty == set(), f"no samples after a refit and a rollout: {empty}"
+
+    # Bounded: deleting the TRTModel drops its series (the operator-wide counters stay).
+    client.CustomObjectsApi(kube_api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "tiny"
+    )
+
+    def forgotten() -> str:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return text if f'namespace="{namespace}"' not in text else ""
+
+    after = wait_for(forgotten, timeout=30, what="the deleted TRTModel's series gone from /metrics")
+    assert 'trtrefit_refits_total{outcome="Passed"} 1.0' in after
