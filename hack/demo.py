@@ -34,7 +34,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 import inplace
-from localcluster import LOOPBACK, LocalCluster, Supervisor, Tools, free_port, write_kubeconfig
+from localcluster import LOOPBACK, LocalCluster, Tools, free_port, write_kubeconfig
+from supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".demo"

@@ -5,6 +5,7 @@ fake GPU nodes, all on 127.0.0.1. Used by the pytest fixtures, the demo and `mak
 
     python hack/localcluster.py up [--dir .cluster] [--port 6443]   # prints the kubeconfig path
     python hack/localcluster.py down [--dir .cluster]
+    python hack/localcluster.py down --strays         # what earlier runs left, anywhere, whose owner is gone
     python hack/localcluster.py status [--dir .cluster]
 
 Standard library only, so it runs before any virtualenv exists.
@@ -17,7 +18,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import ssl
 import subprocess
@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import lifeline
+from supervisor import ClusterError as ClusterError  # noqa: PLC0414 (re-exported: tests import it from here)
+from supervisor import Supervisor, stop_strays
 
 HACK_DIR = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
@@ -50,10 +52,6 @@ NODE_CAPACITY = {
     "pods": "1000",
     "nvidia.com/gpu": "8",
 }
-
-
-class ClusterError(RuntimeError):
-    """One clear, actionable message about why the control plane could not start or stop."""
 
 
 # ---------------------------------------------------------------------------------------------- tools
@@ -246,107 +244,6 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
 
 
 # ---------------------------------------------------------------------------------------------- cluster
-
-
-@dataclass
-class Supervisor:
-    """Background processes started from one state directory. Each runs in a session of its own (killpg
-    reaches its children), logs to <dir>/logs/<name>.log and is recorded in <dir>/pids.json with its start
-    time, so a recycled pid is never mistaken for it. Each dies with the process that started it (through
-    hack/lifeline.py, SIGKILL included) unless `detached`: `localcluster.py up` and the demo leave theirs
-    running on purpose, for `down` to stop."""
-
-    workdir: Path
-    detached: bool = False
-    # Handles of the processes this object started, so stop() can reap them.
-    _procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
-
-    @property
-    def pid_file(self) -> Path:
-        return self.workdir / "pids.json"
-
-    def log_file(self, name: str) -> Path:
-        return self.workdir / "logs" / f"{name}.log"
-
-    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> int:
-        self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
-        with self.log_file(name).open("ab") as log:
-            proc = subprocess.Popen(
-                list(args) if self.detached else lifeline.command(args),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.workdir,
-                env=env,
-            )
-        self._procs[proc.pid] = proc
-        saved = self._saved()
-        saved[name] = [proc.pid, _start_time(proc.pid)]
-        self.pid_file.write_text(json.dumps(saved))
-        return proc.pid
-
-    def running(self) -> dict[str, int]:
-        """The recorded processes that are still alive and still the ones recorded."""
-        return {
-            name: pid
-            for name, (pid, started) in self._saved().items()
-            if pid and _alive(pid) and _start_time(pid) == started
-        }
-
-    def check_alive(self) -> None:
-        """Raise with the tail of its log when a recorded process exited (one stopped on purpose did not)."""
-        running = self.running()
-        for name, (pid, _) in self._saved().items():
-            if pid and name not in running:
-                log = self.log_file(name)
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
-                raise ClusterError(f"{name} exited during start-up; last lines of {log}:\n{tail}")
-
-    def stop(self, grace: float = 10.0) -> dict[str, int]:
-        """SIGTERM every process (newest first), SIGKILL what is left after `grace` seconds."""
-        pids = self.running()
-        for pid in reversed(list(pids.values())):
-            _signal_group(pid, signal.SIGTERM)
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(_alive(p) for p in pids.values()):
-            time.sleep(0.1)
-        for pid in pids.values():
-            _signal_group(pid, signal.SIGKILL)
-        for proc in self._procs.values():  # ours, dead or alive: reap them
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-        self._procs.clear()
-        self.pid_file.unlink(missing_ok=True)
-        return pids
-
-    def stop_one(self, name: str, grace: float = 10.0) -> None:
-        """SIGTERM one recorded process (and its group), SIGKILL after `grace` s; wait until it is gone. Its
-        record stays, as [0, 0], so a later spawn of the same name keeps its place in the stop order."""
-        saved = self._saved()
-        if name not in saved:
-            raise ClusterError(f"no process named {name!r} was started from {self.workdir}")
-        pid = self.running().get(name)
-        if pid:
-            _signal_group(pid, signal.SIGTERM)
-            end = time.monotonic() + grace
-            while time.monotonic() < end and _alive(pid):
-                time.sleep(0.05)
-            _signal_group(pid, signal.SIGKILL)
-            proc = self._procs.pop(pid, None)
-            if proc is not None:
-                proc.wait()
-            while _alive(pid):  # not ours to reap: wait for the kill to land
-                time.sleep(0.05)
-        saved[name] = [0, 0]
-        self.pid_file.write_text(json.dumps(saved))
-
-    def _saved(self) -> dict[str, list[int]]:
-        if not self.pid_file.is_file():
-            return {}
-        saved: dict[str, list[int]] = json.loads(self.pid_file.read_text())
-        return saved
 
 
 @dataclass
@@ -666,25 +563,14 @@ class LocalCluster:
             return False
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal a recorded process and the processes of its group (it leads one: started in a session of its
-    own); a process that is already gone is fine."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
-
-
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         return sock.connect_ex((LOOPBACK, port)) == 0
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:  # kept for tests/integration/test_cluster_smoke.py
     return lifeline.alive(pid)
-
-
-def _start_time(pid: int) -> int:
-    return lifeline.start_time(pid)
 
 
 @contextlib.contextmanager
@@ -712,11 +598,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=6443, help="kube-apiserver port on 127.0.0.1 (default 6443)"
     )
+    parser.add_argument(
+        "--strays",
+        action="store_true",
+        help="down: stop what any earlier run left (any registered dir) whose owner is gone",
+    )
     args = parser.parse_args(argv)
     workdir = args.dir.resolve()
     # down and status need no binaries: they go by the records in the state directory (pid + start time),
     # so `make clean` works on a machine whose tools were never built or were rebuilt since.
     supervisor = Supervisor(workdir)
+    if args.action == "down" and args.strays:
+        strays = stop_strays()
+        for where, names in strays.items():
+            print(f"stopped strays in {where}: {', '.join(names)}", file=sys.stderr)
+        print(f"stopped {sum(len(n) for n in strays.values())} stray processes", file=sys.stderr)
+        return 0
     if args.action == "down":
         stopped = supervisor.stop()
         print(f"stopped {len(stopped)} processes ({', '.join(stopped) or 'none running'})", file=sys.stderr)

@@ -4,6 +4,7 @@ stray recorded by an earlier run while a recorded pid that now names another pro
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import lifeline
+from supervisor import register, registered
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +49,15 @@ def _watchdogs_of(owner: int) -> list[int]:
 
 
 def test_sigkilled_owner_takes_its_control_plane_along(tmp_path: Path) -> None:
+    env = {**os.environ, "TRTREFIT_RUNS": str(tmp_path / "runs")}  # its registration is not the user's
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", OWNER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env
     )
     assert owner.stdout is not None
     try:
         assert owner.stdout.readline().strip() == "up", "the owner did not start its control plane"
-        recorded = {name: tuple(v) for name, v in json.loads((tmp_path / "pids.json").read_text()).items()}
+        records = json.loads((tmp_path / "pids.json").read_text())
+        recorded = {name: (r[0], r[1]) for name, r in records.items()}
         assert set(recorded) == COMPONENTS
         assert all(lifeline.alive(pid, started) for pid, started in recorded.values())
         assert _watchdogs_of(owner.pid), "no watchdog names the owner"
@@ -99,5 +103,50 @@ def test_down_stops_a_recorded_stray_and_spares_a_reused_pid(tmp_path: Path) -> 
         assert not (tmp_path / "pids.json").exists()
     finally:
         for proc in (stray, stranger):
+            proc.kill()
+            proc.wait()
+
+
+def _sleep() -> tuple[subprocess.Popen[bytes], list[int]]:
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    return proc, [proc.pid, lifeline.start_time(proc.pid)]
+
+
+def test_down_strays_stops_only_what_lost_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRTREFIT_RUNS", str(tmp_path / "runs"))
+    gone = subprocess.Popen(["sleep", "0.01"])
+    gone_owner = [gone.pid, lifeline.start_time(gone.pid)]
+    gone.wait()
+    me = [os.getpid(), lifeline.start_time(os.getpid())]
+    orphan, orphan_rec = _sleep()
+    owned, owned_rec = _sleep()
+    detached, detached_rec = _sleep()
+    dirs = {
+        "orphaned": [*orphan_rec, *gone_owner],
+        "owned": [*owned_rec, *me],
+        "detached": [*detached_rec, 0, 0],
+    }
+    try:
+        for name, record in dirs.items():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "pids.json").write_text(json.dumps({"etcd": record}))
+            register(tmp_path / name)
+        done = subprocess.run(
+            [sys.executable, "hack/localcluster.py", "down", "--strays"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"stopped strays in {tmp_path / 'orphaned'}: etcd" in done.stderr
+        assert "stopped 1 stray processes" in done.stderr
+        assert orphan.wait(timeout=5) == -signal.SIGTERM
+        assert owned.poll() is None and detached.poll() is None  # a live owner's; one up on purpose
+        # The orphaned directory has nothing left alive: forgotten. The others are still looked at.
+        assert sorted(p.name for p in registered()) == ["detached", "owned"]
+    finally:
+        for proc in (orphan, owned, detached):
             proc.kill()
             proc.wait()
