@@ -59,4 +59,5 @@ clean: ## stop what earlier runs left running (by recorded pid + start time), re
 	$(PYTHON) hack/localcluster.py down --dir .cluster
 	$(PYTHON) hack/localcluster.py down --dir .demo
 	$(PYTHON) hack/localcluster.py down --dir .demo/cluster
+	$(PYTHON) hack/localcluster.py down --strays
 	rm -rf .cluster .demo

@@ -31,7 +31,7 @@ def test_etcd_restart_keeps_data(own_cluster: LocalCluster, admin: client.ApiCli
         "default", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="before-etcd"), data={"k": "v"})
     )
     old_pid = own_cluster.running_pids()["etcd"]
-    own_cluster.stop_component("etcd")
+    own_cluster.stop_component("etcd", grace=1)  # then SIGKILL: etcd takes ~7 s on SIGTERM
     assert "etcd" not in own_cluster.running_pids()
     assert not _listening(own_cluster.ports["etcd"])
     with pytest.raises(ClusterError, match="already running"):
@@ -48,7 +48,7 @@ def test_apiserver_restart_same_port_and_credentials(
     own_cluster: LocalCluster, admin: client.ApiClient
 ) -> None:
     old_pid = own_cluster.running_pids()["kube-apiserver"]
-    own_cluster.stop_component("kube-apiserver")
+    own_cluster.stop_component("kube-apiserver", grace=1)
     assert not _listening(own_cluster.ports["apiserver"])
     assert set(own_cluster.running_pids()) == {"etcd", "kube-controller-manager", "kube-scheduler", "kwok"}
     own_cluster.start_component("kube-apiserver")
