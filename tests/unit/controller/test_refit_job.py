@@ -216,11 +216,16 @@ def test_downloads_are_bounded_and_the_scratch_volume_is_sized_and_requested() -
 
 
 KUEUE = {"kueue.x-k8s.io/queue-name": "gpu-team"}
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 AFFINITY = {
     "nodeAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H200"]}]}
+                {
+                    "matchExpressions": [
+                        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H200"]}
+                    ]
+                }
             ]
         },
         "preferredDuringSchedulingIgnoredDuringExecution": [
@@ -276,8 +281,8 @@ def test_the_operators_labels_win_over_a_users_of_the_same_key() -> None:
         ({"labels": {"bad key!": "x"}}, "not a qualified name"),
         ({"labels": {"team": "no spaces"}}, "is not a label value"),
         ({"gpuResource": "gpu"}, "gpuResource"),
-        ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}}, "nodeSelectorTerms"),
-        ({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{}]}}}, "topologyKey"),
+        ({"affinity": {"nodeAffinity": {REQUIRED: {}}}}, "nodeSelectorTerms"),
+        ({"affinity": {"podAffinity": {REQUIRED: [{}]}}}, "topologyKey"),
     ],
 )  # fmt: skip
 def test_bad_scheduling_fields_are_refused_naming_the_field(refit_job: dict[str, Any], error: str) -> None:
