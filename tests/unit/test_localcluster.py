@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import lifeline
 from localcluster import ClusterError, Tools, read_versions, write_kubeconfig
+from supervisor import Supervisor, registered
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "hack" / "build-tools.sh"
@@ -81,3 +84,29 @@ def test_kubeconfig_names_server_ca_and_token(tmp_path: Path) -> None:
     assert loaded["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:1234"
     assert loaded["users"][0]["user"]["token"] == "tok"
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_supervisor_records_owner_and_keeps_a_stopped_process_in_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRTREFIT_RUNS", str(tmp_path / "runs"))
+    procs = Supervisor(tmp_path / "state")
+    first = procs.spawn("first", ["sleep", "60"])
+    procs.spawn("second", ["sleep", "60"])
+    try:
+        record = json.loads(procs.pid_file.read_text())["first"]
+        me = os.getpid()
+        assert record == [first, lifeline.start_time(first), me, lifeline.start_time(me)]
+        assert registered() == [(tmp_path / "state").resolve()]
+        assert procs.strays() == {}  # its owner (this process) lives
+        procs.stop_one("first", grace=1)
+        assert not lifeline.alive(first) and list(procs.running()) == ["second"]
+        procs.check_alive()  # stopped on purpose: not an error
+        again = procs.spawn("first", ["sleep", "60"])
+        assert list(json.loads(procs.pid_file.read_text())) == ["first", "second"]  # the stop order holds
+        assert procs.running() == {"first": again, "second": procs.running()["second"]}
+        with pytest.raises(ClusterError, match="no process named 'third'"):
+            procs.stop_one("third")
+    finally:
+        stopped = procs.stop(grace=1)
+    assert set(stopped) == {"first", "second"} and not procs.pid_file.exists() and registered() == []
