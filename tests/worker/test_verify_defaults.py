@@ -133,6 +133,8 @@ def test_a_serving_pod_starts_and_refits_with_the_default_verification(
     refitted = serving.refit(_request(bundle.engine, bundle.source, bundle.jitter, "bbbb0000"))
     assert refitted.outcome is Outcome.PASSED, refitted.message
     assert serving.state().serves("bbbb0000")
+    says = "inputs generated from the program signature (seed 0), rtol=0.01 atol=0.01 cosine>=0.999"
+    assert says in started.message and says in refitted.message, refitted.message
 
 
 def test_a_serving_pod_refuses_to_start_on_unbounded_dynamic_shapes_without_inputs(

@@ -27,7 +27,7 @@ from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import check_compatible, load_checkpoint
 from trtrefit.worker.inputs import program_signature, verification_inputs
 from trtrefit.worker.progress import Progress
-from trtrefit.worker.refit import exact_fp32
+from trtrefit.worker.refit import exact_fp32, signature_note
 from trtrefit.worker.storage import (
     DEFAULT_MAX_BYTES,
     Fetched,
@@ -55,6 +55,7 @@ class Prepared:
     staged: Staged
     inputs: list[torch.Tensor]
     expected: list[torch.Tensor]
+    note: str  # "; inputs generated from the program signature ..." when the request named no inputs
 
 
 def prepare(
@@ -81,7 +82,8 @@ def prepare(
             signature = reference.signature if reference is not None else None
             if signature is None and checkpoint.program is not None:
                 signature = program_signature(checkpoint.program)
-            inputs = verification_inputs(request.verify, file, signature).tensors
+            generated = verification_inputs(request.verify, file, signature)
+            inputs = generated.tensors
         with progress.stage("stage"), streams.refit_work(live.device):
             # One copy to the device, shared by the engines' staging and the reference (read-only in both).
             weights = {name: streams.to_device(t, live.device) for name, t in checkpoint.state.items()}
@@ -94,7 +96,7 @@ def prepare(
         raise PrepareError(exc.message, _digest_if_known(checkpoint_file)) from exc
     with progress.stage("digest"):  # the wait for an unpinned checkpoint's digest; 0 when pinned
         digest = _digest(checkpoint_file)
-    return Prepared(digest, staged, inputs, expected)
+    return Prepared(digest, staged, inputs, expected, signature_note(request, generated))
 
 
 class PrepareError(WorkerError):

@@ -229,7 +229,7 @@ class ServingModel:
             return self._result(
                 request,
                 Outcome.VERIFICATION_FAILED,
-                f"{report.message}; rolled back, the previous weights serve",
+                f"{report.message}{prepared.note}; rolled back, the previous weights serve",
                 progress,
                 checkpoint=prepared.checkpoint,
                 verification=report.verification,
@@ -246,7 +246,7 @@ class ServingModel:
         return self._result(
             request,
             Outcome.PASSED,
-            report.message,
+            report.message + prepared.note,
             progress,
             checkpoint=prepared.checkpoint,
             verification=report.verification,

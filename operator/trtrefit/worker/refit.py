@@ -115,7 +115,7 @@ def _pipeline(request: RefitRequest, workdir: Path, progress: Progress, trace: _
         progress.say("refit", f"refitted via the {refitted.path.value} path")
     with progress.stage("verify"):
         report = _verify(backend, reference, inputs, device, tolerances(request))
-        report = Report(report.verification, report.message + _signature_note(request, generated))
+        report = Report(report.verification, report.message + signature_note(request, generated))
         progress.say("verify", report.message)
     notes = " ".join(refitted.notes)
     if not report.verification.passed:
@@ -211,7 +211,7 @@ def _reference(
     )
 
 
-def _signature_note(request: RefitRequest, generated: VerificationInputs) -> str:
+def signature_note(request: RefitRequest, generated: VerificationInputs) -> str:
     """Says so when the inputs came from the program's signature (spec.verify gave none)."""
     if request.verify.inputs is not None or request.verify.generate:
         return ""
