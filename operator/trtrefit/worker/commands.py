@@ -60,7 +60,10 @@ def add_refit_parser(sub: Subparsers) -> None:
     )
     flags.add_argument("--checkpoint-sha256", metavar="HEX", help="pinned digest of the checkpoint")
     flags.add_argument(
-        "--inputs", metavar="URI", help="verification inputs: safetensors with input_0, input_1, ..."
+        "--inputs",
+        metavar="URI",
+        help="verification inputs: safetensors with input_0, input_1, ... (with neither --inputs nor "
+        "--generate-inputs, inputs are generated from the source program's input signature, seed 0)",
     )
     flags.add_argument("--inputs-sha256", metavar="HEX", help="pinned digest of the inputs file")
     flags.add_argument(
@@ -69,7 +72,9 @@ def add_refit_parser(sub: Subparsers) -> None:
         help='random verification inputs instead of --inputs, e.g. [{"shape": [8, 3, 224, 224], '
         '"dtype": "float32"}]',
     )
-    flags.add_argument("--seed", type=int, help="seed for --generate-inputs (default 0)")
+    flags.add_argument(
+        "--seed", type=int, help="seed for --generate-inputs or the signature's inputs (default 0)"
+    )
     flags.add_argument(
         "--rtol", type=float, help="relative tolerance, a fraction of |reference| (default 0.01; see below)"
     )
