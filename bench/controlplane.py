@@ -37,6 +37,7 @@ from kubernetes import client, config, watch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO)]
 
+import lifeline  # noqa: E402
 from demo import settled_on  # noqa: E402
 from localcluster import LocalCluster, Tools, free_port, read_versions  # noqa: E402
 from tests.integration.world import (  # noqa: E402  the integration suite's kubelet stand-in
@@ -98,7 +99,9 @@ class Operator:
             argv += ["--namespace", ns]
         env = {**os.environ, "TRTREFIT_WORKER_IMAGE": "registry.example/trtrefit-worker:bench"}
         self.log = log.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self.proc = subprocess.Popen(  # dies with this benchmark, however it ends
+            lifeline.command(argv), stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO)]
 
 import inplace  # noqa: E402
+import lifeline  # noqa: E402
 from controlplane import Operator, machine, namespace, summary  # noqa: E402
 from demo import (  # noqa: E402
     MODEL,
@@ -270,8 +271,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], list[f
     names = [f"step-{i}" for i in range(2, args.bumps + 2)]
     # S3 in a process of its own: in this one it would share the GIL with the client and the polling.
     port = free_port()
-    s3 = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    s3 = subprocess.Popen(  # dies with this benchmark, however it ends
+        lifeline.command([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
