@@ -30,10 +30,11 @@ cluster-up: tools ## start a local control plane (.cluster/kubeconfig)
 cluster-down: ## stop it, leaving no process behind
 	$(PYTHON) hack/localcluster.py down --dir .cluster
 
-lint: venv ## ruff, mypy --strict, import-linter
+lint: venv ## ruff, mypy --strict (the package, hack/, tests/, bench/), import-linter
 	$(VENV)/bin/ruff check operator hack tests bench
 	$(VENV)/bin/ruff format --check operator hack tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests bench
 	$(VENV)/bin/lint-imports
 
 crd: venv ## regenerate crds/ from the pydantic models

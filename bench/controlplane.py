@@ -18,6 +18,7 @@ Targets (DESIGN.md): <= 1 s, <= 1 s, <= 200 MB RSS. Results: <out>/controlplane.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -64,6 +65,22 @@ def rss_mb(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def named(name: str, obj: Any) -> bool:
+    return bool(obj.metadata.name == name)
+
+
+def runs_checkpoint(checkpoint: str, job: Any) -> bool:
+    return checkpoint in job.spec.template.spec.containers[0].args
+
+
+def named_and_complete(name: str, job: Any) -> bool:
+    return named(name, job) and _complete(job)
+
+
+def generation_after(generation: int, deployment: Any) -> bool:
+    return bool(deployment.metadata.generation > generation)
 
 
 def first_event(
@@ -129,9 +146,7 @@ def api_floor(api: client.ApiClient, ns: str, repeat: int) -> list[float]:
         }
         start = time.monotonic()
         batch.create_namespaced_job(ns, body)
-        seen = first_event(
-            batch.list_namespaced_job, ns, since, lambda j, i=i: j.metadata.name == f"floor-{i}"
-        )
+        seen = first_event(batch.list_namespaced_job, ns, since, functools.partial(named, f"floor-{i}"))
         samples.append(seen - start)
     return samples
 
@@ -164,7 +179,7 @@ def latencies(api: client.ApiClient, ns: str, repeat: int) -> dict[str, list[flo
             batch.list_namespaced_job,
             ns,
             since,
-            lambda j, c=checkpoint: c in j.spec.template.spec.containers[0].args,
+            functools.partial(runs_checkpoint, checkpoint),
         )
         out["bump_to_job_created"].append(created - start)
 
@@ -178,19 +193,22 @@ def latencies(api: client.ApiClient, ns: str, repeat: int) -> dict[str, list[flo
             batch.list_namespaced_job,
             ns,
             jobs_since,
-            lambda j, n=job.metadata.name: j.metadata.name == n and _complete(j),
+            functools.partial(named_and_complete, job.metadata.name),
         )
         patched = first_event(
             apps.list_namespaced_deployment,
             ns,
             deployments_since,
-            lambda d, g=generation: d.metadata.generation > g,
+            functools.partial(generation_after, generation),
         )
         out["pod_exit_to_job_complete"].append(completed - done)
         out["job_complete_to_deployment_patched"].append(patched - completed)
         out["pod_exit_to_deployment_patched"].append(patched - done)
         wait_for(
-            lambda c=checkpoint: ready_on(api, ns, "tiny", c), 60, f"Ready on {checkpoint}", interval=0.05
+            functools.partial(ready_on, api, ns, "tiny", checkpoint),
+            60,
+            f"Ready on {checkpoint}",
+            interval=0.05,
         )
         out["pod_exit_to_ready"].append(time.monotonic() - done)
     return out

@@ -364,7 +364,7 @@ def stream_priorities(model: Any) -> dict[str, Any]:
     from trtrefit.serving import streams
 
     return {
-        "range_lowest_highest": list(torch.cuda.Stream.priority_range()),
+        "range_lowest_highest": list(torch.cuda.Stream.priority_range()),  # type: ignore[call-arg]  # static
         "serving": streams.serving_stream(live.device).priority,
         "refit": streams.refit_stream(live.device).priority,
         "engines": sorted({e.module._engine_stream.priority for e in live._engines}),

@@ -98,7 +98,7 @@ def equal_priority(model: Any) -> Iterator[None]:
 
     lowest = streams.refit_stream(live.device).priority
     with model._lock:
-        live.use_serving_stream(torch.cuda.Stream(device=torch.device(live.device), priority=lowest))
+        live.use_serving_stream(torch.cuda.Stream(device=torch.device(live.device), priority=lowest))  # type: ignore[no-untyped-call]
     try:
         yield
     finally:

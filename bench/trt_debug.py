@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def fast_refit(root: Path, checkpoint: Path, report: dict[str, Any]) -> Any:
 
     progress = Progress()
     with progress.stage("open"):
-        backend = TensorRTBackend(root / "engine.ep", "engine", "cuda")
+        backend = TensorRTBackend(root / "engine.ep", "engine", Device.CUDA)
         ckpt = load_checkpoint(checkpoint, "checkpoint")
         reference = programs.load_program(root / "source.pt2", "source")
         programs.swap_weights(reference, ckpt.state)
@@ -178,7 +179,7 @@ def weight_diffs(root: Path, checkpoint: Path, stock: dict[str, Any]) -> dict[st
     out["record_names_not_in_stock"] = sorted(set(engine_rec or {}) - set(names))[:20]
     plan = plan_engine(names, entry.weight_name_map(), engine_rec, specs, eps)
     out["unresolved"] = dict(list(plan.unresolved.items())[:20])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         value = stock[name].reshape(-1)
         source_ = plan.sources.get(name)
@@ -271,7 +272,7 @@ def refit_variants(root: Path, checkpoint: Path, labels: list[str]) -> dict[str,
         row["set_weights"] = time.perf_counter() - t
         t = time.perf_counter()
         if opts.get("async"):
-            stream = torch.cuda.Stream()
+            stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             ok = refitter.refit_cuda_engine_async(stream.cuda_stream)
             stream.synchronize()
         else:
@@ -352,10 +353,10 @@ def debug_model(name: str, root: Path, args: argparse.Namespace, out: dict[str, 
     refs = {}
     for mode in ("fp64", "fp32", "default"):
         refs[f"new_{mode}"] = step(
-            report, f"ref_new_{mode}", lambda m=mode: torch_reference(spec, new_state, inputs, m)
+            report, f"ref_new_{mode}", functools.partial(torch_reference, spec, new_state, inputs, mode)
         )
         refs[f"old_{mode}"] = step(
-            report, f"ref_old_{mode}", lambda m=mode: torch_reference(spec, old_state, inputs, m)
+            report, f"ref_old_{mode}", functools.partial(torch_reference, spec, old_state, inputs, mode)
         )
     outputs = {}
     outputs["compiled_old"] = step(

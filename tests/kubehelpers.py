@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
-def wait_for(fn: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> T:
+def wait_for(
+    fn: Callable[[], T | Literal[False] | None],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.2,
+) -> T:
     """Poll `fn` until it returns something truthy and return that; fail naming `what` after `timeout` s.
 
     Exceptions from `fn` count as "not yet" and the last one is reported on timeout.

@@ -16,6 +16,7 @@ TRTREFIT_LIVE_TIMINGS=<file>, appended there as JSON lines; nothing here asserts
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -240,7 +241,7 @@ def test_outputs_follow_the_checkpoint_and_roll_back(case: LiveCase, live: Any) 
     again = []
     for index in range(4):  # warm applies alternate B and A
         staged = staged_b if index % 2 == 0 else staged_a
-        again.append(timed(lambda staged=staged: live.apply(staged))[1])
+        again.append(timed(functools.partial(live.apply, staged))[1])
     check_serves(case, live, "A")
     record(
         case,

@@ -234,7 +234,8 @@ class Watcher:
 
     def condition(self, kind: str) -> dict[str, Any]:
         conditions = {c["type"]: c for c in self.read().get("status", {}).get("conditions", [])}
-        return conditions.get(kind, {})
+        condition: dict[str, Any] = conditions.get(kind, {})
+        return condition
 
     def wait_phase(self, phase: str, timeout: float = 60) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:

@@ -147,10 +147,11 @@ def test_pod_asking_for_more_gpus_than_any_node_stays_pending(
     wait_for(unschedulable, timeout=30, what="PodScheduled=False/Unschedulable")
 
 
+CRD_NAME = "widgets.smoke.trtrefit.dev"
 CEL_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.smoke.trtrefit.dev"},
+    "metadata": {"name": CRD_NAME},
     "spec": {
         "group": "smoke.trtrefit.dev",
         "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
@@ -189,7 +190,7 @@ def test_crd_cel_rule_rejects_bad_object(kube_api: client.ApiClient, namespace: 
     wait_for(
         lambda: any(
             c.type == "Established" and c.status == "True"
-            for c in ext.read_custom_resource_definition(CEL_CRD["metadata"]["name"]).status.conditions
+            for c in ext.read_custom_resource_definition(CRD_NAME).status.conditions
         ),
         what="CRD Established",
     )
@@ -253,7 +254,7 @@ def test_rbac_limited_token_is_refused_what_it_lacks(
             ),
         ):
             with pytest.raises(ApiException) as info:
-                forbidden()
+                forbidden()  # type: ignore[no-untyped-call]  # the kubernetes client is untyped
             assert info.value.status == 403
 
 

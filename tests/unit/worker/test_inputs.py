@@ -99,7 +99,8 @@ def test_signature_specs_take_shapes_and_dtypes_from_the_program() -> None:
             self.embed = torch.nn.Embedding(10, 4)
 
         def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            return x + self.embed(ids).sum(1)
+            embedded: torch.Tensor = self.embed(ids)
+            return x + embedded.sum(1)
 
     with quiet_torch():
         program = torch.export.export(TwoInputs(), (torch.randn(2, 4), torch.randint(0, 10, (2, 5))))

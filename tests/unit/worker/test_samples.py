@@ -11,18 +11,32 @@ from trtrefit.worker.samples import build, load_factory, perturb
 MODEL = "trtrefit.worker.samples:small_cnn"
 
 
+def layer(seed: int, index: int) -> torch.nn.Module:
+    """One layer of the demo model (a Sequential)."""
+    model = build(MODEL, seed)
+    assert isinstance(model, torch.nn.Sequential)
+    found: torch.nn.Module = model[index]
+    return found
+
+
 def test_small_cnn_has_trained_looking_batchnorm() -> None:
-    model = build(MODEL, 0)
-    bn = model[1]
-    assert not model.training
+    assert not build(MODEL, 0).training
+    bn = layer(0, 1)
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
     assert float(bn.running_mean.abs().max()) > 0
     assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
-    assert model[4].eps == 1e-3
+    assert layer(0, 4).eps == 1e-3
+
+
+def weight(seed: int) -> torch.Tensor:
+    conv = layer(seed, 0)
+    assert isinstance(conv, torch.nn.Conv2d)
+    return conv.weight
 
 
 def test_seeds_make_different_weights() -> None:
-    assert not torch.equal(build(MODEL, 1)[0].weight, build(MODEL, 2)[0].weight)
-    assert torch.equal(build(MODEL, 1)[0].weight, build(MODEL, 1)[0].weight)
+    assert not torch.equal(weight(1), weight(2))
+    assert torch.equal(weight(1), weight(1))
 
 
 def test_jitter_changes_every_float_tensor_and_keeps_variances_positive() -> None:

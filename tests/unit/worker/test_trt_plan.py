@@ -47,9 +47,11 @@ def rtx_weight_map() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
+def model() -> torch.nn.Sequential:
     torch.manual_seed(0)
-    return small_cnn()
+    built = small_cnn()
+    assert isinstance(built, torch.nn.Sequential)
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_a_record_wins_over_everything_else(specs: dict[str, TensorSpec], eps: d
 
 
 class TestMaterialize:
-    def test_batchnorm_fold_reproduces_the_module(self, model: torch.nn.Module) -> None:
+    def test_batchnorm_fold_reproduces_the_module(self, model: torch.nn.Sequential) -> None:
         bn = model[4]
         state = model.state_dict()
         scale = materialize(BatchNormFold("4", 1e-3, "scale"), state, 32, torch.float32, "cpu")
