@@ -52,6 +52,7 @@ def test_a_restarted_operator_resumes_the_refit_without_a_second_job(
     create_model(kube_api, namespace, trtmodel(checkpoint=STEP.format(1)))
     job = wait_job(kube_api, namespace, STEP.format(1))
     wait_phase(kube_api, namespace, "Refitting")
+    wait_events(kube_api, namespace, "RefitStarted")  # posted after the status write, from kopf's queue
     operator.stop(kill=True)  # a crash in the middle of the refit
     complete(kube_api, job)  # the refit ends while no operator runs
     operator.start()

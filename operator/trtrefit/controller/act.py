@@ -25,8 +25,8 @@ from trtrefit.controller.naming import (
     RETRY_TOKEN_ANNOTATION,
     job_name,
 )
-from trtrefit.controller.outcome import RefitEvidence
 from trtrefit.controller.plan import Action, CreateJob, DeleteJob, Revert, RollOut
+from trtrefit.controller.records import RefitEvidence
 from trtrefit.controller.views import ApiFailure, DeploymentView, JobView, one_line
 
 CONFLICT_RETRY_SECONDS = 1.0

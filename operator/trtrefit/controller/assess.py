@@ -18,7 +18,7 @@ from trtrefit.api.status import (
     ServingStatus,
 )
 from trtrefit.controller.desired import DesiredRefit
-from trtrefit.controller.outcome import RefitEvidence, refit_record
+from trtrefit.controller.records import RefitEvidence, refit_record
 from trtrefit.controller.views import ApiFailure, DeploymentView, JobView, RolloutState
 
 

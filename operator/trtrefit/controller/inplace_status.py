@@ -27,7 +27,7 @@ from trtrefit.controller.desired import DesiredRefit
 from trtrefit.controller.inplace_messages import stage_message
 from trtrefit.controller.inplace_plan import Decision, InPlaceObserved, Stage, failed_at_pod, in_place_record
 from trtrefit.controller.messages import numbers
-from trtrefit.controller.outcome import REFIT_OUTCOMES, summary_of
+from trtrefit.controller.records import REFIT_OUTCOMES, summary_of
 from trtrefit.controller.serving_pods import Answer, RefitAnswer
 from trtrefit.controller.views import one_line
 

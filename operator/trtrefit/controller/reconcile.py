@@ -26,10 +26,10 @@ from trtrefit.controller.events import WARNING, Event, Finished, action_events, 
 from trtrefit.controller.inplace import reconcile_in_place
 from trtrefit.controller.kube import Cluster, ConflictError, KubeError, NotFoundError, Obj, merge_patch
 from trtrefit.controller.naming import MODEL_ANNOTATION, MODEL_UID_LABEL, REFIT_KEY_LABEL, RETRY_ANNOTATION
-from trtrefit.controller.outcome import RefitEvidence, desired_job, needs_pods
 from trtrefit.controller.plan import decide
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.policy import refit_job_violation
+from trtrefit.controller.records import RefitEvidence, desired_job, needs_pods
 from trtrefit.controller.status import blocked_status, compute_status, invalid_spec_status
 from trtrefit.controller.views import DeploymentView, JobState, JobView, one_line, pod_progress, pod_report
 
@@ -140,11 +140,11 @@ def _restart(
     desired = desired_refit(model.spec)
     observed = read_children(cluster, model, desired, config)
     decision = decide(model, observed, now)
-    outcome = execute(
+    executed = execute(
         cluster, model=model, desired=desired, actions=decision.actions, observed=observed, config=config
     )
-    assessment = decide(model, outcome.observed, now).assessment
-    retry_after, retry_reason = outcome.retry_after, outcome.retry_reason
+    assessment = decide(model, executed.observed, now).assessment
+    retry_after, retry_reason = executed.retry_after, executed.retry_reason
     failure = assessment.record.failure if assessment.record is not None else None
     if assessment.step is Step.RETRY_SCHEDULED and failure is not None and failure.retry_at is not None:
         wait = max(1.0, (failure.retry_at - now).total_seconds())
@@ -156,12 +156,12 @@ def _restart(
         previous=model.status,
         desired=desired,
         assessment=assessment,
-        observed=outcome.observed,
+        observed=executed.observed,
         now=now,
     )
     hidden = artifact_uris(model.spec)
     wrote = _write_status(cluster, body, status, hidden)
-    events = action_events(outcome.done, name, model.spec, desired.key)
+    events = action_events(executed.done, name, model.spec, desired.key)
     transitions, finished = status_events(model.status, status, model.spec)
     return PassResult(
         reference=reference(body),
@@ -170,7 +170,7 @@ def _restart(
         finished=finished,
         retry_after=retry_after,
         retry_reason=retry_reason,
-        backoff=outcome.backoff,
+        backoff=executed.backoff,
         wrote_status=wrote,
     )
 
@@ -248,6 +248,7 @@ def _claimed(cluster: Cluster, model: TRTModel, body: Obj, owner: str, now: date
         now=now,
         retry_after=CLAIM_RETRY_SECONDS,
         backoff=False,
+        phase=Phase.PENDING,  # it serves nothing of this model's
     )
 
 
@@ -280,10 +281,11 @@ def _blocked(
     now: datetime,
     retry_after: float,
     backoff: bool,
+    phase: Phase | None = None,
 ) -> PassResult:
     generation = int(body["metadata"].get("generation", 0))
     status = blocked_status(
-        model.status, generation, reason=reason, message=message, stalled=stalled, now=now
+        model.status, generation, reason=reason, message=message, stalled=stalled, now=now, phase=phase
     )
     hidden = artifact_uris(model.spec)
     wrote = _write_status(cluster, body, status, hidden)

@@ -11,8 +11,8 @@ from trtrefit.api.status import TRTModelStatus
 from trtrefit.api.trtmodel import TRTModel
 from trtrefit.controller.assess import Assessment, Observed
 from trtrefit.controller.desired import DesiredRefit, desired_refit
-from trtrefit.controller.outcome import RefitEvidence, desired_job
 from trtrefit.controller.plan import Action, decide
+from trtrefit.controller.records import RefitEvidence, desired_job
 from trtrefit.controller.status import compute_status
 from trtrefit.controller.views import DeploymentView, JobState, JobView, pod_progress, pod_report
 

@@ -24,9 +24,9 @@ from trtrefit.controller.naming import (
     REFIT_JOB_DIGEST_ANNOTATION,
     RETRY_TOKEN_ANNOTATION,
 )
-from trtrefit.controller.outcome import retry_delay
 from trtrefit.controller.plan import CreateJob, DeleteJob
 from trtrefit.controller.reconcile import reconcile
+from trtrefit.controller.records import retry_delay
 from trtrefit.controller.status import compute_status
 
 KEY = key_of()

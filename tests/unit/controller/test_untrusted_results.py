@@ -10,7 +10,7 @@ from tests.unit.controller.objects import ENGINE_SHA, PUBLISHED, job, passed, po
 from trtrefit.api.result import PublishedEngine
 from trtrefit.api.status import RefitOutcome
 from trtrefit.controller.desired import desired_refit
-from trtrefit.controller.outcome import RefitEvidence, refit_record, unpublished_engine
+from trtrefit.controller.records import RefitEvidence, refit_record, unpublished_engine
 from trtrefit.controller.views import JobView, pod_report
 
 SPEC = model().spec
