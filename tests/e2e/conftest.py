@@ -48,6 +48,27 @@ def artifacts(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Artif
     return Artifacts(endpoint=s3_server, local=checkpoints)
 
 
+@pytest.fixture(scope="session")
+def wrong_eps_source(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """s3://models/demo/source-eps.pt2: the demo model exported like the bundle's source, but with every
+    BatchNorm's eps 0.5 instead of the engine's (1e-5, 1e-3). Same weights, names and shapes, all finite:
+    only its numerics are wrong, so a refit verified against it must fail on the tolerances."""
+    import torch
+    from safetensors.torch import load_file
+
+    from trtrefit.worker.samples import build
+
+    model = build(MODEL, seed=0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eps = 0.5
+    inputs = load_file(str(artifacts.local["step-1"].parent / "inputs.safetensors"))
+    path = tmp_path_factory.mktemp("wrong-eps") / "source-eps.pt2"
+    torch.export.save(torch.export.export(model, tuple(inputs.values())), str(path))
+    artifacts.fs().put(str(path), "models/demo/source-eps.pt2")
+    return "s3://models/demo/source-eps.pt2"
+
+
 @dataclass(frozen=True)
 class Answers:
     """The bundle's sample inputs, and what eager PyTorch computes from them with each good checkpoint's
