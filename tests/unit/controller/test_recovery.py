@@ -27,6 +27,7 @@ from trtrefit.controller.naming import (
 from trtrefit.controller.plan import CreateJob, DeleteJob
 from trtrefit.controller.reconcile import reconcile
 from trtrefit.controller.records import retry_delay
+from trtrefit.controller.runtime import Runtime
 from trtrefit.controller.status import compute_status
 
 KEY = key_of()
@@ -264,3 +265,12 @@ def test_the_first_refit_after_a_lost_result_is_attempt_two() -> None:
     assert [e.message for e in again.events if e.reason == "RefitStarted"] == [
         f"Created Job {JOB} (attempt 2) to refit checkpoint {cluster.model['spec']['checkpoint']['uri']}"
     ]
+
+
+def test_consecutive_api_error_passes_back_off_and_a_clean_pass_resets_the_count() -> None:
+    runtime = Runtime(cluster=MemoryCluster(body(), deployment()), config=CONFIG)  # type: ignore[arg-type]
+    delays = [runtime.next_delay("ns", "m", 5.0, backoff=True) for _ in range(8)]
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert runtime.next_delay("ns", "m", 2.0, backoff=False) == 2.0  # not an API error: as asked
+    assert runtime.next_delay("ns", "m", 5.0, backoff=True) == 5.0  # counting starts again
+    assert runtime.next_delay("ns", "m", None, backoff=False) is None
