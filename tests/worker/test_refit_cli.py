@@ -158,6 +158,7 @@ def test_a_digest_mismatch_publishes_nothing(
     assert code == 1
     assert result.message.startswith(f"{checkpoint}: sha256 ")
     assert result.message.endswith(f"does not match the pinned {'ab' * 32}")
+    assert result.transient is None  # another Job would read the same bytes: wait for a change
     assert s3.keys("out/") == []
 
 
@@ -170,6 +171,7 @@ def test_a_truncated_download_publishes_nothing(
     code, result, _ = refit(capsys, *args)
     assert code == 1
     assert result.message.startswith(f"{uri}: download failed after 4 attempts")
+    assert result.transient is True  # still failing after the worker's retries: worth another Job
     assert not (tmp_path / "out").exists()
 
 

@@ -184,7 +184,12 @@ def refit_command(args: argparse.Namespace) -> int:
         result = _refit(args, progress)
     except WorkerError as exc:
         progress.say("error", exc.message)
-        result = RefitResult(outcome=Outcome.ERROR, message=exc.message, timings={"total": progress.total()})
+        result = RefitResult(
+            outcome=Outcome.ERROR,
+            message=exc.message,
+            transient=exc.transient or None,
+            timings={"total": progress.total()},
+        )
     except Exception as exc:  # the CLI boundary: a bug must still end in a result and exit 1
         message = missing_extra(exc, "refit")
         if message is not None:

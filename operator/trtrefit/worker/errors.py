@@ -7,8 +7,10 @@ from __future__ import annotations
 class WorkerError(Exception):
     """Bad input or a step that cannot finish: one human-readable line, no traceback needed."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(" ".join(message.split()))
+        # Still failing after the worker's own retries, but worth another Job (storage unreachable).
+        self.transient = transient
 
     @property
     def message(self) -> str:

@@ -114,7 +114,9 @@ def with_retries(
                 raise permanent(uri, action, exc) from exc
             if attempt == retry.attempts:
                 what = "unreachable" if is_unreachable(exc) else f"{action} failed"
-                raise WorkerError(f"{uri}: {what} after {attempt} attempts: {describe(exc)}") from exc
+                raise WorkerError(
+                    f"{uri}: {what} after {attempt} attempts: {describe(exc)}", transient=True
+                ) from exc
             if cancel is not None and cancel.wait(delay):
                 raise CancelledError(f"{uri}: {action} stopped: another artifact failed") from exc
             if cancel is None:

@@ -56,7 +56,7 @@ def run_refit(request: RefitRequest, workdir: Path, progress: Progress) -> Refit
         return _pipeline(request, workdir, progress, trace)
     except WorkerError as exc:
         progress.say("error", exc.message)
-        return _result(Outcome.ERROR, exc.message, trace, progress)
+        return _result(Outcome.ERROR, exc.message, trace, progress, transient=exc.transient or None)
 
 
 def _result(outcome: Outcome, message: str, trace: _Trace, progress: Progress, **extra: Any) -> RefitResult:
