@@ -31,6 +31,7 @@ from trtrefit.controller.naming import (
     job_name,
 )
 from trtrefit.controller.views import DeploymentView
+from trtrefit.logs import FORMAT_ENV
 
 Manifest = dict[str, Any]
 VERIFICATION_FAILED_EXIT_CODE = 2  # the worker's exit code when the outputs miss the tolerances
@@ -96,6 +97,14 @@ def scratch_bytes(job: RefitJobSpec, config: OperatorConfig) -> int:
     return SCRATCH_ARTIFACTS * max_artifact_bytes(job, config)
 
 
+def _env(job: RefitJobSpec, config: OperatorConfig) -> list[Manifest]:
+    """spec.refitJob.env, and the operator's log format when that is not text and the spec sets none."""
+    env = [variable.wire() for variable in job.env]
+    if config.log_format != "text" and all(variable.name != FORMAT_ENV for variable in job.env):
+        env.append({"name": FORMAT_ENV, "value": config.log_format})
+    return env
+
+
 def _container(model: TRTModel, key: str, image: str, config: OperatorConfig) -> Manifest:
     job = model.spec.refit_job
     container: Manifest = {
@@ -103,7 +112,7 @@ def _container(model: TRTModel, key: str, image: str, config: OperatorConfig) ->
         "image": image,
         "command": list(job.command or config.worker_command),
         "args": worker_args(model.spec, key, max_artifact_bytes(job, config)),
-        "env": [env.wire() for env in job.env],
+        "env": _env(job, config),
         "envFrom": [source.wire() for source in job.env_from],
         "resources": _resources(job, job.gpu_resource or config.gpu_resource, scratch_bytes(job, config)),
         "terminationMessagePath": "/dev/termination-log",

@@ -86,6 +86,7 @@ def run_operator(args: argparse.Namespace) -> int:
         return 2
     if args.worker_image:
         config = dataclasses.replace(config, worker_image=args.worker_image)
+    config = dataclasses.replace(config, log_format=args.log_format)
     api = _api_client(args.kubeconfig)
     runtime = Runtime(cluster=Cluster(api), config=config)
     if args.metrics_port:

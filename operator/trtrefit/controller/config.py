@@ -30,6 +30,7 @@ class OperatorConfig:
     max_artifact_size: str = "8Gi"  # per artifact a refit downloads; spec.refitJob.maxArtifactSize overrides
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
+    log_format: str = "text"  # the operator's own; refit Jobs log alike unless their env says otherwise
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:

@@ -184,6 +184,14 @@ def test_env_and_env_from_pass_through_unchanged() -> None:
     assert c["envFrom"] == [{"prefix": "S3_", "configMapRef": {"name": "c"}}]
 
 
+def test_the_worker_logs_in_the_operators_format_unless_the_spec_says_otherwise() -> None:
+    json_logs = OperatorConfig(worker_image="w", log_format="json")
+    assert "env" not in container(job_of())  # text, the default: nothing added
+    assert container(job_of(config=json_logs))["env"] == [{"name": "TRTREFIT_LOG_FORMAT", "value": "json"}]
+    own = [{"name": "TRTREFIT_LOG_FORMAT", "value": "text"}]
+    assert container(job_of({"refitJob": {"env": own}}, config=json_logs))["env"] == own
+
+
 def test_the_refit_pod_meets_restricted_pod_security_and_carries_no_api_token() -> None:
     pod = job_of({"refitJob": {"serviceAccountName": "trt-refit"}})["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
