@@ -30,6 +30,7 @@ from trtrefit.api.spec import TRTModelSpec
 from trtrefit.api.trtmodel import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from trtrefit.controller.desired import desired_refit
 from trtrefit.controller.inplace_objects import serving_env
+from trtrefit.controller.naming import RETRY_ANNOTATION
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.serving_pods import PodState, live_pods
 
@@ -243,6 +244,22 @@ def test_in_place_objects_start_pods_and_a_bump_reaches_every_pod_without_restar
 
     # 4. A checkpoint that fails verification: the canary rolls back; the other pod and the ConfigMap keep b.
     patch_spec(kube_api, namespace, {"checkpoint": {"uri": bundle.uri("zero-head.safetensors")}}, name=NAME)
+    check_failed_canary(kube_api, namespace, port, canary=canary, serving_key=second_key)
+
+    # 4b. `kubectl annotate trtm NAME trtrefit.dev/retry=1`: the canary is asked once more (its answer echoes
+    # the attempt); the checkpoint is still bad, so it fails again, recorded under that attempt.
+    client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME, {"metadata": {"annotations": {RETRY_ANNOTATION: "1"}}}
+    )
+
+    def retried() -> dict[str, Any] | None:
+        record = get_model(kube_api, namespace, NAME).get("status", {}).get("lastRefit") or {}
+        return record if record.get("retryToken") == "1" else None
+
+    record = wait_for(retried, timeout=60, what="the failed canary retried under retry=1")
+    assert (record["canary"], record["outcome"]) == (canary, "VerificationFailed")
+    tried = pod_states(kube_api, namespace, port)[0].state
+    assert tried is not None and tried.last_refit is not None and tried.last_refit.attempt == "1"
     check_failed_canary(kube_api, namespace, port, canary=canary, serving_key=second_key)
 
     # 5. Deleting the model: garbage collection removes the Secret and the ConfigMap it owns.

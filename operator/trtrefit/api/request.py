@@ -41,6 +41,12 @@ class RefitRequest(BaseModel):
         description="The operator's digest of this refit; echoed in results and in a server's state.",
         pattern=r"^[a-f0-9]{8,64}$",
     )
+    attempt: str | None = Field(
+        default=None,
+        description="The TRTModel's trtrefit.dev/retry annotation when the request was made; echoed in "
+        "results, so a failure of an earlier attempt is not taken for this one.",
+        max_length=253,
+    )
     engine: PinnedArtifact
     source: PinnedArtifact | None = None
     checkpoint: PinnedArtifact
@@ -70,12 +76,16 @@ class RefitRequest(BaseModel):
 
 
 def refit_request(
-    spec: TRTModelSpec, key: str | None = None, max_artifact_bytes: int | None = None
+    spec: TRTModelSpec,
+    key: str | None = None,
+    max_artifact_bytes: int | None = None,
+    attempt: str | None = None,
 ) -> RefitRequest:
     """The refit a TRTModel spec asks for."""
     return RefitRequest(
         max_artifact_bytes=max_artifact_bytes,
         key=key,
+        attempt=attempt,
         engine=spec.engine,
         source=spec.source,
         checkpoint=spec.checkpoint,

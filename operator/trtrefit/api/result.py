@@ -84,6 +84,7 @@ class RefitResult(_Strict):
     # and the operator then waits for a change to spec.refitJob or the retry annotation.
     transient: bool | None = None
     key: str | None = None  # the request's key, echoed
+    attempt: str | None = None  # the request's attempt (the retry annotation it was sent under), echoed
     checkpoint: CheckpointDigest | None = None
     backend: str | None = None
     path: RefitPath | None = None

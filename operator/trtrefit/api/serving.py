@@ -63,10 +63,11 @@ class ServingState(_Wire):
         """Whether this process serves the refit `key`, verified."""
         return self.ready and self.checkpoint is not None and self.checkpoint.key == key
 
-    def failed(self, key: str) -> RefitResult | None:
-        """The result of a refit to `key` that this process rolled back, if that is its last refit."""
+    def failed(self, key: str, attempt: str | None = None) -> RefitResult | None:
+        """The result of a refit to `key` (sent as `attempt`) that this process rolled back, if that is its
+        last refit."""
         last = self.last_refit
-        if last is None or last.key != key or last.outcome not in _ROLLED_BACK:
+        if last is None or last.key != key or last.attempt != attempt or last.outcome not in _ROLLED_BACK:
             return None
         return last
 

@@ -38,7 +38,7 @@ from trtrefit.controller.inplace_plan import (
 )
 from trtrefit.controller.inplace_status import canary_record, compute_in_place_status, current_record
 from trtrefit.controller.kube import Cluster, ConflictError, InvalidError, NotFoundError
-from trtrefit.controller.naming import desired_config_map_name, token_secret_name
+from trtrefit.controller.naming import RETRY_ANNOTATION, desired_config_map_name, token_secret_name
 from trtrefit.controller.pods import PodClient
 from trtrefit.controller.serving_pods import (
     DesiredConfig,
@@ -117,8 +117,10 @@ def reconcile_in_place(
 ) -> InPlacePass:
     """Run one InPlace pass (no status write: reconcile does that)."""
     desired = desired_refit(model.spec)
-    run = _Pass(cluster, pods, model, desired, refit_request(model.spec, key=desired.key), clock)
-    run.record = in_place_record(model.status.last_refit, desired.key)
+    attempt = model.metadata.annotations.get(RETRY_ANNOTATION)
+    request = refit_request(model.spec, key=desired.key, attempt=attempt)
+    run = _Pass(cluster, pods, model, desired, request, clock)
+    run.record = in_place_record(model.status.last_refit, desired.key, attempt)
     paused = model.spec.paused
     _ensure_token(run, create=not paused)
     _ensure_config(run, create=not paused)
@@ -132,7 +134,7 @@ def reconcile_in_place(
             break
         _act(run, decision.action)
         run.done.append(decision.action)
-    record = current_record(desired, observed, run.record)
+    record = current_record(desired, observed, run.record, attempt)
     status = compute_in_place_status(
         model.spec,
         generation=generation,
@@ -222,6 +224,7 @@ def _read_pods(run: _Pass) -> InPlaceObserved:
         config=run.config,
         config_problem=run.config_problem,
         answers=tuple(run.answers),
+        attempt=run.request.attempt,
     )
     if deployment is None:
         return base
@@ -239,6 +242,7 @@ def _read_pods(run: _Pass) -> InPlaceObserved:
         config_problem=run.config_problem,
         pods=states,
         answers=tuple(run.answers),
+        attempt=run.request.attempt,
     )
 
 

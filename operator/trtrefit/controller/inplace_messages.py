@@ -44,7 +44,11 @@ def _canary(observed: InPlaceObserved, key: str, checkpoint: str) -> str:
 
 
 def _pods_failed(observed: InPlaceObserved, key: str, checkpoint: str, canary: str | None) -> str:
-    failed = [(seen.pod.name, result) for seen in observed.ready if (result := seen.failed(key)) is not None]
+    failed = [
+        (seen.pod.name, result)
+        for seen in observed.ready
+        if (result := seen.failed(key, observed.attempt)) is not None
+    ]
     reasons = "; ".join(f"{pod}: {one_line(result.message, 160)}" for pod, result in failed[:MAX_LISTED])
     current, ready = len(observed.current(key)), len(observed.ready)
     return (

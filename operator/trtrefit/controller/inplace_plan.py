@@ -71,6 +71,7 @@ class InPlaceObserved:
     config_problem: str = ""
     pods: tuple[PodState, ...] = ()
     answers: tuple[RefitAnswer, ...] = ()
+    attempt: str | None = None  # the retry annotation the requests of this pass carry
 
     @property
     def ready(self) -> list[PodState]:
@@ -92,17 +93,21 @@ class Decision:
 FAILED_OUTCOMES = (RefitOutcome.VERIFICATION_FAILED, RefitOutcome.FAILED)
 
 
-def in_place_record(record: LastRefit | None, key: str) -> LastRefit | None:
-    """The recorded InPlace refit of `key` (a canary's result), if status holds one."""
+def in_place_record(record: LastRefit | None, key: str, attempt: str | None) -> LastRefit | None:
+    """The recorded InPlace refit of `key` (a canary's result), if status holds one. A failure recorded
+    under another retry annotation value is an earlier attempt: the new value asks for another canary."""
     if record is None or record.key != key or record.canary is None:
+        return None
+    if record.outcome in FAILED_OUTCOMES and record.retry_token != attempt:
         return None
     return record
 
 
-def failed_at_pod(observed: InPlaceObserved, key: str) -> tuple[str, RefitResult] | None:
-    """A pod, ready or not, that rolled back a refit to `key` (a canary, or a pod that failed it at start)."""
+def failed_at_pod(observed: InPlaceObserved, key: str, attempt: str | None) -> tuple[str, RefitResult] | None:
+    """A pod, ready or not, that rolled back a refit to `key` in this attempt (a canary, or a pod that
+    failed it at start)."""
     for seen in observed.pods:
-        result = seen.failed(key)
+        result = seen.failed(key, attempt)
         if result is not None:
             return seen.pod.name, result
     return None
@@ -124,15 +129,15 @@ def decide(
     blocked = _blocked(observed)
     if blocked is not None or observed.config is None:
         return Decision(blocked or Stage.CONFIG_BLOCKED)
-    recorded = in_place_record(record, key)
+    recorded = in_place_record(record, key, request.attempt)
     if recorded is not None and recorded.outcome in FAILED_OUTCOMES:
         return Decision(failure_stage(recorded.outcome))
     passed = bool(observed.current(key)) or (recorded is not None and recorded.outcome is RefitOutcome.PASSED)
     if not passed:
-        return _canary(key, observed)
+        return _canary(key, request.attempt, observed)
     if observed.config.request != request:
         return Decision(Stage.ROLLING_OUT, UpdateConfig())
-    return _batches(key, observed, batch_size)
+    return _batches(key, request.attempt, observed, batch_size)
 
 
 def _blocked(observed: InPlaceObserved) -> Stage | None:
@@ -152,8 +157,8 @@ def _untried(states: Sequence[PodState], observed: InPlaceObserved) -> list[PodS
     return [seen for seen in states if seen.state is not None and seen.pod.name not in tried]
 
 
-def _canary(key: str, observed: InPlaceObserved) -> Decision:
-    failed = failed_at_pod(observed, key)
+def _canary(key: str, attempt: str | None, observed: InPlaceObserved) -> Decision:
+    failed = failed_at_pod(observed, key, attempt)
     if failed is not None:
         return Decision(failure_stage(failed[1].outcome))
     ready = observed.ready
@@ -169,7 +174,7 @@ def _canary(key: str, observed: InPlaceObserved) -> Decision:
     return Decision(Stage.CANARY)
 
 
-def _batches(key: str, observed: InPlaceObserved, batch_size: int) -> Decision:
+def _batches(key: str, attempt: str | None, observed: InPlaceObserved, batch_size: int) -> Decision:
     ready = observed.ready
     if not ready:
         return Decision(Stage.WAITING_FOR_PODS)
@@ -177,7 +182,7 @@ def _batches(key: str, observed: InPlaceObserved, batch_size: int) -> Decision:
     if not behind:
         return Decision(Stage.READY)
     in_flight = [seen for seen in behind if seen.refitting(key)]
-    failed = [seen for seen in behind if seen.failed(key) is not None]
+    failed = [seen for seen in behind if seen.failed(key, attempt) is not None]
     pending = _untried([s for s in behind if s not in in_flight and s not in failed], observed)
     room = batch_size - len(in_flight)
     if pending and room > 0:

@@ -75,6 +75,7 @@ def record_from_result(
         backend=result.backend,
         path=result.path.value if result.path else None,
         message=one_line(result.message),
+        retry_token=result.attempt,
     )
 
 
@@ -86,14 +87,14 @@ def canary_record(desired: DesiredRefit, answer: RefitAnswer, started: datetime)
 
 
 def current_record(
-    desired: DesiredRefit, observed: InPlaceObserved, previous: LastRefit | None
+    desired: DesiredRefit, observed: InPlaceObserved, previous: LastRefit | None, attempt: str | None
 ) -> LastRefit | None:
     """The InPlace record of the desired refit: kept in status once made, else read back from the pods (a
     pod that rolled it back, or one that serves it: e.g. after an operator restart lost the status write)."""
-    recorded = in_place_record(previous, desired.key)
+    recorded = in_place_record(previous, desired.key, attempt)
     if recorded is not None:
         return recorded
-    failed = failed_at_pod(observed, desired.key)
+    failed = failed_at_pod(observed, desired.key, attempt)
     if failed is not None:
         return record_from_result(desired, failed[0], failed[1], None, None)
     for seen in observed.current(desired.key):

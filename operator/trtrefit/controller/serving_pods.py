@@ -86,11 +86,12 @@ class PodState:
     def serves(self, key: str) -> bool:
         return self.state is not None and self.state.serves(key)
 
-    def failed(self, key: str) -> RefitResult | None:
-        """The pod's rolled-back refit to `key`, when that is its last refit and it does not serve `key`."""
+    def failed(self, key: str, attempt: str | None = None) -> RefitResult | None:
+        """The pod's rolled-back refit to `key` in this `attempt`, when that is its last refit and it does
+        not serve `key`."""
         if self.state is None or self.state.serves(key):
             return None
-        return self.state.failed(key)
+        return self.state.failed(key, attempt)
 
     def refitting(self, key: str) -> bool:
         return self.state is not None and self.state.refitting == key

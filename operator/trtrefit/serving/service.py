@@ -280,6 +280,7 @@ class ServingModel:
                 "outcome": outcome,
                 "message": redact_text(message, _uris(request)),
                 "key": request.key,
+                "attempt": request.attempt,
                 "backend": loaded.kind if loaded else None,
                 "path": _path(loaded.kind) if loaded else None,
                 "timings": {**progress.timings, "total": progress.total()},

@@ -79,7 +79,7 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def _is_botocore_connection_error(exc: BaseException) -> bool:
     try:
-        from botocore.exceptions import (  # type: ignore[import-untyped]
+        from botocore.exceptions import (
             ConnectionError as BotoConnectionError,
         )
         from botocore.exceptions import HTTPClientError

@@ -57,6 +57,24 @@ def test_a_failed_canary_stalls_and_touches_no_other_pod() -> None:
     assert _decide([pod("b", state(OLD))], recorded) == Decision(Stage.VERIFICATION_FAILED)
 
 
+def test_a_new_retry_annotation_value_sends_the_canary_again() -> None:
+    """`kubectl annotate trtm NAME trtrefit.dev/retry=2`: the failure of the earlier attempt (on the pod and
+    in status) no longer stops the rollout; a failure of this attempt does."""
+    failed = state(OLD, last=result(KEY, Outcome.VERIFICATION_FAILED))
+    recorded = _record(RefitOutcome.VERIFICATION_FAILED)
+    retry = REQUEST.model_copy(update={"attempt": "2"})
+    decision = decide(KEY, retry, world(M, [pod("a", failed), pod("b", state(OLD))]), recorded, 1)
+    assert decision.stage is Stage.CANARY
+    assert isinstance(decision.action, Canary) and decision.action.pod.name == "a"
+    again = result(KEY, Outcome.VERIFICATION_FAILED).model_copy(update={"attempt": "2"})
+    pods = [pod("a", state(OLD, last=again)), pod("b", state(OLD))]
+    assert decide(KEY, retry, world(M, pods), None, 1) == Decision(Stage.VERIFICATION_FAILED)
+    this_attempt = recorded.model_copy(update={"retry_token": "2"})
+    assert decide(KEY, retry, world(M, [pod("b", state(OLD))]), this_attempt, 1) == Decision(
+        Stage.VERIFICATION_FAILED
+    )
+
+
 def test_a_pod_that_failed_the_key_at_start_counts_as_a_failed_refit() -> None:
     starting = state(None, ready=False, last=result(KEY, Outcome.VERIFICATION_FAILED))
     decision = _decide([pod("a", starting, ready=False)], config_request=REQUEST)

@@ -68,7 +68,7 @@ def _status(
         desired=DESIRED,
         decision=Decision(stage),
         observed=observed,
-        record=current_record(DESIRED, observed, record),
+        record=current_record(DESIRED, observed, record, None),
         name="resnet50",
         now=NOW + timedelta(seconds=now_offset),
     )
