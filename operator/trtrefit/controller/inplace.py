@@ -33,7 +33,7 @@ from trtrefit.controller.inplace_plan import (
     InPlaceObserved,
     RefitPods,
     Stage,
-    decide,
+    decide_in_place,
     in_place_record,
 )
 from trtrefit.controller.inplace_status import canary_record, compute_in_place_status, current_record
@@ -127,7 +127,7 @@ def reconcile_in_place(
     deadline = time.monotonic() + budget_seconds
     while True:
         observed = _read_pods(run)
-        decision = decide(
+        decision = decide_in_place(
             desired.key, run.request, observed, run.record, model.spec.rollout.batch_size(observed.replicas)
         )
         if paused or decision.action is None or time.monotonic() > deadline:

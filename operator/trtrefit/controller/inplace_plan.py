@@ -118,7 +118,7 @@ def failure_stage(outcome: RefitOutcome | Outcome) -> Stage:
     return Stage.VERIFICATION_FAILED if verification else Stage.REFIT_FAILED
 
 
-def decide(
+def decide_in_place(
     key: str,
     request: RefitRequest,
     observed: InPlaceObserved,

@@ -9,7 +9,7 @@ from typing import Any
 from tests.unit.controller.inplace_world import OLD, desired_of, in_place_model, pod, result, state, world
 from trtrefit.api.result import Outcome
 from trtrefit.api.status import Digest, LastRefit, RefitOutcome
-from trtrefit.controller.inplace_plan import Canary, Decision, RefitPods, Stage, UpdateConfig, decide
+from trtrefit.controller.inplace_plan import Canary, Decision, RefitPods, Stage, UpdateConfig, decide_in_place
 from trtrefit.controller.serving_pods import Answer, PodState, RefitAnswer
 
 M = in_place_model()
@@ -18,7 +18,7 @@ KEY = DESIRED.key
 
 
 def _decide(pods: list[PodState], record: LastRefit | None = None, batch: int = 1, **kwargs: Any) -> Decision:
-    return decide(KEY, REQUEST, world(M, pods, **kwargs), record, batch)
+    return decide_in_place(KEY, REQUEST, world(M, pods, **kwargs), record, batch)
 
 
 def _record(outcome: RefitOutcome, canary: str | None = "a") -> LastRefit:
@@ -63,14 +63,14 @@ def test_a_new_retry_annotation_value_sends_the_canary_again() -> None:
     failed = state(OLD, last=result(KEY, Outcome.VERIFICATION_FAILED))
     recorded = _record(RefitOutcome.VERIFICATION_FAILED)
     retry = REQUEST.model_copy(update={"attempt": "2"})
-    decision = decide(KEY, retry, world(M, [pod("a", failed), pod("b", state(OLD))]), recorded, 1)
+    decision = decide_in_place(KEY, retry, world(M, [pod("a", failed), pod("b", state(OLD))]), recorded, 1)
     assert decision.stage is Stage.CANARY
     assert isinstance(decision.action, Canary) and decision.action.pod.name == "a"
     again = result(KEY, Outcome.VERIFICATION_FAILED).model_copy(update={"attempt": "2"})
     pods = [pod("a", state(OLD, last=again)), pod("b", state(OLD))]
-    assert decide(KEY, retry, world(M, pods), None, 1) == Decision(Stage.VERIFICATION_FAILED)
+    assert decide_in_place(KEY, retry, world(M, pods), None, 1) == Decision(Stage.VERIFICATION_FAILED)
     this_attempt = recorded.model_copy(update={"retry_token": "2"})
-    assert decide(KEY, retry, world(M, [pod("b", state(OLD))]), this_attempt, 1) == Decision(
+    assert decide_in_place(KEY, retry, world(M, [pod("b", state(OLD))]), this_attempt, 1) == Decision(
         Stage.VERIFICATION_FAILED
     )
 
@@ -135,6 +135,6 @@ def test_nothing_starts_without_deployment_token_or_a_config_map_of_ours() -> No
     gone = dataclasses.replace(observed, deployment=None)
     no_token = dataclasses.replace(observed, token=None, token_problem="no key token")
     foreign = dataclasses.replace(observed, config=dataclasses.replace(observed.config, owned=False))
-    assert decide(KEY, REQUEST, gone, None, 1).stage is Stage.NO_DEPLOYMENT
-    assert decide(KEY, REQUEST, no_token, None, 1).stage is Stage.NO_TOKEN
-    assert decide(KEY, REQUEST, foreign, None, 1).stage is Stage.CONFIG_BLOCKED
+    assert decide_in_place(KEY, REQUEST, gone, None, 1).stage is Stage.NO_DEPLOYMENT
+    assert decide_in_place(KEY, REQUEST, no_token, None, 1).stage is Stage.NO_TOKEN
+    assert decide_in_place(KEY, REQUEST, foreign, None, 1).stage is Stage.CONFIG_BLOCKED
