@@ -84,7 +84,7 @@ async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
         for event in result.events:
             kopf.event(model, type=event.type, reason=event.reason, message=event.message)
     runtime.metrics.record(result.finished, f"{namespace}/{name}", now.timestamp())
-    runtime.metrics.set_phase(f"{namespace}/{name}", result.phase)
+    runtime.metrics.set_phase(f"{namespace}/{name}", result.phase, result.stalled)
     return result
 
 

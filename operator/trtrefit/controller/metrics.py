@@ -90,6 +90,7 @@ def error_reason(exc: BaseException) -> str:
 @dataclass
 class _ModelSeries:
     phase: Phase | None = None
+    stalled: str | None = None  # the Stalled condition's reason while it is True
     refits: Tally[str] = field(default_factory=Tally)
     rollouts: Tally[str] = field(default_factory=Tally)
     errors: Tally[str] = field(default_factory=Tally)
@@ -140,9 +141,15 @@ class _ModelCollector(Collector):
             "Unix time of the TRTModel's last passed refit seen by this operator process",
             labels=list(MODEL_LABELS),
         )
+        stalled = GaugeMetricFamily(
+            "trtrefit_model_stalled",
+            "1 while the TRTModel's Stalled condition is True (a human must act), with its reason; else 0",
+            labels=[*MODEL_LABELS, "reason"],
+        )
         for (namespace, name), series in sorted(self.models.items()):
             if series.phase is not None:
                 current.add_metric([namespace, name, series.phase.value], 1)
+                stalled.add_metric([namespace, name, series.stalled or ""], 1 if series.stalled else 0)
             for outcome, count in sorted(series.refits.items()):
                 refits.add_metric([namespace, name, outcome], count)
             for outcome, count in sorted(series.rollouts.items()):
@@ -153,7 +160,7 @@ class _ModelCollector(Collector):
                 duration.add_metric([namespace, name], series.last_refit_seconds)
             if series.last_success is not None:
                 success.add_metric([namespace, name], series.last_success)
-        yield from (current, refits, rollouts, errors, duration, success)
+        yield from (current, stalled, refits, rollouts, errors, duration, success)
 
 
 def _key(model: str) -> tuple[str, str]:
@@ -213,9 +220,11 @@ class Metrics:
                 if series is not None:
                     series.rollouts[item.outcome] += 1
 
-    def set_phase(self, model: str, phase: Phase | None) -> None:
+    def set_phase(self, model: str, phase: Phase | None, stalled: str | None = None) -> None:
+        """The model's phase after a pass, and the Stalled condition's reason while it is True."""
         if phase is not None:
-            self._series(model).phase = phase
+            series = self._series(model)
+            series.phase, series.stalled = phase, stalled
 
     def reconcile_error(self, model: str, exc: BaseException) -> str:
         """Count a pass of `model` that raised; returns the reason class it was counted under."""

@@ -54,6 +54,7 @@ class PassResult:
     retry_reason: str = ""
     backoff: bool = False  # the delay is the first of a series that grows with each retry (API errors)
     wrote_status: bool = False
+    stalled: str | None = None  # the Stalled condition's reason when it is True: a human must act
 
 
 def reference(body: Obj) -> dict[str, Any]:
@@ -166,6 +167,7 @@ def _restart(
     return PassResult(
         reference=reference(body),
         phase=status.phase,
+        stalled=stalled_reason(status),
         events=_redacted(events + transitions, hidden),
         finished=finished,
         retry_after=retry_after,
@@ -252,6 +254,11 @@ def _claimed(cluster: Cluster, model: TRTModel, body: Obj, owner: str, now: date
     )
 
 
+def stalled_reason(status: TRTModelStatus) -> str | None:
+    stalled = status.condition(ConditionType.STALLED)
+    return stalled.reason if stalled is not None and stalled.status == "True" else None
+
+
 def _api_error(cluster: Cluster, model: TRTModel, body: Obj, exc: KubeError, now: datetime) -> PassResult:
     failure = api_failure(exc)
     step = Step.API_DENIED if failure.needs_human else Step.API_FAILED
@@ -295,6 +302,7 @@ def _blocked(
     return PassResult(
         reference=reference(body),
         phase=status.phase,
+        stalled=stalled_reason(status),
         events=_redacted(events, hidden),
         retry_after=retry_after,
         retry_reason=message,
@@ -313,6 +321,7 @@ def _in_place(
     return PassResult(
         reference=reference(body),
         phase=done.status.phase,
+        stalled=stalled_reason(done.status),
         events=_redacted(done.events, hidden),
         finished=done.finished,
         retry_after=done.retry_after,

@@ -29,7 +29,15 @@ def test_per_model_series_carry_namespace_and_name_and_go_with_the_model() -> No
     metrics.record([Finished("refit", "VerificationFailed", 12.0)], "vision/vit", 2e9)
     metrics.set_phase("vision/r50", Phase.REFITTING)
     metrics.set_phase("vision/r50", Phase.READY)
-    metrics.set_phase("vision/vit", Phase.FAILED)
+    metrics.set_phase("vision/vit", Phase.FAILED, "VerificationFailed")
+    metrics.set_phase("vision/claimed", Phase.PENDING, "DeploymentClaimed")  # stalled outside Failed too
+    text = scrape(metrics)
+    assert [line for line in text.splitlines() if line.startswith("trtrefit_model_stalled{")] == [
+        'trtrefit_model_stalled{name="claimed",namespace="vision",reason="DeploymentClaimed"} 1.0',
+        'trtrefit_model_stalled{name="r50",namespace="vision",reason=""} 0.0',
+        'trtrefit_model_stalled{name="vit",namespace="vision",reason="VerificationFailed"} 1.0',
+    ]
+    metrics.forget("vision/claimed")
     text = scrape(metrics)
     assert 'trtrefit_model_refits_total{name="r50",namespace="vision",outcome="Passed"} 1.0' in text
     assert (
