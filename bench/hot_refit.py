@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         default=3.0,
         help="seconds of load beside each refit stage alone (0: skip)",
     )
+    parser.add_argument(
+        "--variants", default="", help="comma-separated subset of " + ", ".join(VARIANTS) + " (default: all)"
+    )
     parser.add_argument("--no-job", action="store_true", help="skip the fresh-process refit Job")
     parser.add_argument("--no-recompile", action="store_true")
     parser.add_argument("--commit", default=os.environ.get("TRTREFIT_COMMIT", "unknown"))
@@ -371,32 +374,54 @@ def stream_priorities(model: Any) -> dict[str, Any]:
     }
 
 
+VARIANTS = ("equal_priority", "pageable_copies", "switch_interval_0.5ms", "one_client")
+
+
 def variants(
     model: Any, inputs: list[Any], served: dict[str, list[Any]], requests: dict[str, Any], args: Any
 ) -> dict[str, Any]:
-    """The refitting phase again with one thing changed: what the priorities and the GIL account for."""
+    """The refitting phase again with one thing changed: what the priorities, the copies, the GIL and the
+    second client account for."""
     from hot_refit_stages import equal_priority
     from trtrefit.serving import streams
 
-    if not hasattr(model._loaded.live, "use_serving_stream"):
-        return {}
+    wanted = set(args.variants.split(",")) if args.variants else set(VARIANTS)
+    if not hasattr(model._loaded.live, "use_serving_stream"):  # no CUDA streams to vary
+        wanted &= {"one_client"}
     found: dict[str, Any] = {}
-    log("refitting, the serving stream at the refit stream's priority")
-    with equal_priority(model):
-        found["equal_priority"] = refitting_phase(model, inputs, served, requests, args)
-    log("refitting, weights and outputs copied through pageable host memory")
-    streams.PAGE_LOCKED_COPIES = False
-    try:
-        found["pageable_copies"] = refitting_phase(model, inputs, served, requests, args)
-    finally:
-        streams.PAGE_LOCKED_COPIES = True
-    log(f"refitting, GIL switch interval {SWITCH_INTERVAL_S * 1000} ms")
-    saved = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
-        found["switch_interval_0.5ms"] = refitting_phase(model, inputs, served, requests, args)
-    finally:
-        sys.setswitchinterval(saved)
+    if "equal_priority" in wanted:
+        log("refitting, the serving stream at the refit stream's priority")
+        with equal_priority(model):
+            found["equal_priority"] = refitting_phase(model, inputs, served, requests, args)
+    if "pageable_copies" in wanted:
+        log("refitting, weights and outputs copied through pageable host memory")
+        streams.PAGE_LOCKED_COPIES = False
+        try:
+            found["pageable_copies"] = refitting_phase(model, inputs, served, requests, args)
+        finally:
+            streams.PAGE_LOCKED_COPIES = True
+    if "switch_interval_0.5ms" in wanted:
+        log(f"refitting, GIL switch interval {SWITCH_INTERVAL_S * 1000} ms")
+        saved = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            found["switch_interval_0.5ms"] = refitting_phase(model, inputs, served, requests, args)
+        finally:
+            sys.setswitchinterval(saved)
+    if "one_client" in wanted:
+        # With one client no request queues behind another's after the lock: what is left is the lock.
+        log("one client: idle, then refitting")
+        idle = Load(model, inputs, served, args.think_ms / 1000).run(1, args.load_s, None)
+        one = argparse.Namespace(**{**vars(args), "clients": 1})
+        during = refitting_phase(model, inputs, served, requests, one)
+        lock_ms = during["refit_lock_ms_median"]
+        found["one_client"] = during | {
+            "idle_p50_ms": idle["p50_ms"],
+            "idle_p99_ms": idle["p99_ms"],
+            "idle_requests": idle["requests"],
+            "idle_failed": idle["failed"],
+            "p99_le_idle_plus_lock": lock_ms is not None and during["p99_ms"] <= idle["p99_ms"] + lock_ms,
+        }
     return found
 
 
@@ -719,6 +744,14 @@ def render_variants(models: dict[str, Any]) -> list[str]:
                 f"{got.get('refits')}"
             )
         lines.append(f"| {variant} | " + " | ".join(row) + " |")
+    for name in names:
+        one = models[name]["refitting_variants"].get("one_client")
+        if one:
+            lines.append(
+                f"\n{name}, one client: inference p99 idle {one.get('idle_p99_ms')} ms, while refitting "
+                f"{one.get('p99_ms')} ms, lock {one.get('refit_lock_ms_median')} ms: p99 <= idle + lock: "
+                f"{one.get('p99_le_idle_plus_lock')}"
+            )
     errors = {
         n: models[n]["refitting_variants"]["error"]
         for n in names
