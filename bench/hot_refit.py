@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             "hot_refits_pinned": args.refits,
             "clients": args.clients,
             "load_s": args.load_s,
-            "attribute_s": args.attribute_s,
+            # a phase that did not run has no n
+            **({"attribute_s": args.attribute_s} if args.attribute_s > 0 else {}),
         },
         "settings": {"batch": args.batch, "think_ms": args.think_ms, "tolerances": TOLERANCES},
         "targets": TARGETS,
