@@ -48,6 +48,18 @@ def _watchdogs_of(owner: int) -> list[int]:
     return [pid for pid in found if lifeline.alive(pid)]
 
 
+def _localcluster(*args: str) -> subprocess.CompletedProcess[str]:
+    """`hack/localcluster.py ARGS` as a user runs it, from the repository."""
+    return subprocess.run(
+        [sys.executable, "hack/localcluster.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_sigkilled_owner_takes_its_control_plane_along(tmp_path: Path) -> None:
     env = {**os.environ, "TRTREFIT_RUNS": str(tmp_path / "runs")}  # its registration is not the user's
     owner = subprocess.Popen(
@@ -88,14 +100,7 @@ def test_down_stops_a_recorded_stray_and_spares_a_reused_pid(tmp_path: Path) -> 
             "kube-apiserver": [stranger.pid, lifeline.start_time(stranger.pid) - 1],
         }
         (tmp_path / "pids.json").write_text(json.dumps(records))
-        done = subprocess.run(
-            [sys.executable, "hack/localcluster.py", "down", "--dir", str(tmp_path)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _localcluster("down", "--dir", str(tmp_path))
         assert done.returncode == 0, done.stderr
         assert "stopped 1 processes (etcd)" in done.stderr
         assert stray.wait(timeout=5) == -signal.SIGTERM
@@ -131,14 +136,7 @@ def test_down_strays_stops_only_what_lost_its_owner(tmp_path: Path, monkeypatch:
             (tmp_path / name).mkdir()
             (tmp_path / name / "pids.json").write_text(json.dumps({"etcd": record}))
             register(tmp_path / name)
-        done = subprocess.run(
-            [sys.executable, "hack/localcluster.py", "down", "--strays"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _localcluster("down", "--strays")
         assert done.returncode == 0, done.stderr
         assert f"stopped strays in {tmp_path / 'orphaned'}: etcd" in done.stderr
         assert "stopped 1 stray processes" in done.stderr

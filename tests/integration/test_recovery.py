@@ -234,43 +234,14 @@ def test_a_job_a_queue_keeps_suspended_shows_as_queued(
     assert not client.BatchV1Api(kube_api).read_namespaced_job(job.metadata.name, namespace).spec.suspend
 
 
-def _node_lost(api: client.ApiClient, pod: client.V1Pod) -> None:
-    """What the pod GC leaves of a pod whose node is gone: Failed, reason NodeLost, container killed."""
+def _fail_pod(api: client.ApiClient, pod: client.V1Pod, container_reason: str, **pod_fields: str) -> None:
+    """Write a Failed pod status whose only container was killed (exit 137) for `container_reason`."""
     started = pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
     container = pod.spec.containers[0]
+    terminated = {"exitCode": 137, "reason": container_reason, "startedAt": started, "finishedAt": started}
     status = {
         "phase": "Failed",
-        "reason": "NodeLost",
-        "message": "node kwok-gpu-0 is gone",
-        "containerStatuses": [
-            {
-                "name": container.name,
-                "image": container.image,
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "state": {
-                    "terminated": {
-                        "exitCode": 137,
-                        "reason": "Error",
-                        "startedAt": started,
-                        "finishedAt": started,
-                    }
-                },
-            }
-        ],
-    }
-    client.CoreV1Api(api).patch_namespaced_pod_status(
-        pod.metadata.name, pod.metadata.namespace, {"status": status}
-    )
-
-
-def _oom_killed(api: client.ApiClient, pod: client.V1Pod) -> None:
-    started = pod.status.start_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-    container = pod.spec.containers[0]
-    terminated = {"exitCode": 137, "reason": "OOMKilled", "startedAt": started, "finishedAt": started}
-    status = {
-        "phase": "Failed",
+        **pod_fields,
         "containerStatuses": [
             {
                 "name": container.name,
@@ -285,6 +256,15 @@ def _oom_killed(api: client.ApiClient, pod: client.V1Pod) -> None:
     client.CoreV1Api(api).patch_namespaced_pod_status(
         pod.metadata.name, pod.metadata.namespace, {"status": status}
     )
+
+
+def _node_lost(api: client.ApiClient, pod: client.V1Pod) -> None:
+    """What the pod GC leaves of a pod whose node is gone: Failed, reason NodeLost, container killed."""
+    _fail_pod(api, pod, "Error", reason="NodeLost", message="node kwok-gpu-0 is gone")
+
+
+def _oom_killed(api: client.ApiClient, pod: client.V1Pod) -> None:
+    _fail_pod(api, pod, "OOMKilled")
 
 
 def test_failures_are_retried_by_what_can_fix_them(
