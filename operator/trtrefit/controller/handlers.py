@@ -12,6 +12,7 @@ from typing import Any, cast
 import kopf
 
 from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
+from trtrefit.controller.kube import API_UNREACHABLE
 from trtrefit.controller.naming import (
     FINALIZER,
     MANAGED_BY,
@@ -34,6 +35,7 @@ RESYNC_SECONDS = 60.0  # a safety net: the watches below trigger passes within a
 # the resync timer covers what waits longer, so a watch stream is never held up for long.
 EVENT_ATTEMPTS = 3
 QUICK_RETRY_SECONDS = 2.0
+UNREACHABLE_RETRY_SECONDS = 1.0  # the first retry after the API server did not answer; doubled after each
 LOGGER = logging.getLogger(__name__)
 
 
@@ -88,12 +90,21 @@ async def run_pass(runtime: Runtime, namespace: str, name: str) -> PassResult:
     return result
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 async def pass_or_retry(runtime: Runtime, namespace: str, name: str) -> None:
     """For kopf's change handlers and timers: kopf retries the handler after a TemporaryError's delay."""
     try:
         result = await run_pass(runtime, namespace, name)
     except InvalidSpecError as exc:
         raise kopf.PermanentError(str(exc)) from exc
+    except API_UNREACHABLE as exc:  # else kopf waits its default 60 s before the next try
+        delay = runtime.next_delay(namespace, name, UNREACHABLE_RETRY_SECONDS, backoff=True)
+        why = f"the API server did not answer ({_first_line(exc)}); again in {delay:g} s"
+        raise kopf.TemporaryError(why, delay=delay) from exc
     delay = runtime.next_delay(namespace, name, result.retry_after, backoff=result.backoff)
     if delay is not None:
         raise kopf.TemporaryError(f"{result.retry_reason}; again in {delay:g} s", delay=delay)
@@ -109,6 +120,12 @@ async def pass_with_attempts(
             result = await run_pass(runtime, namespace, name)
         except InvalidSpecError as exc:
             logger.warning(f"TRTModel {namespace}/{name}: {exc}")
+            return
+        except API_UNREACHABLE as exc:
+            wait = runtime.next_delay(namespace, name, UNREACHABLE_RETRY_SECONDS, backoff=True)
+            logger.warning(f"TRTModel {namespace}/{name}: the API server did not answer ({_first_line(exc)})")
+            again = wait or UNREACHABLE_RETRY_SECONDS
+            runtime.wake_later(namespace, name, again, lambda: pass_with_attempts(runtime, namespace, name))
             return
         delay = runtime.next_delay(namespace, name, result.retry_after, backoff=result.backoff)
         if delay is None:

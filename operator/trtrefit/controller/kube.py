@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -15,6 +16,13 @@ from trtrefit.api.trtmodel import GROUP, PLURAL, VERSION
 from trtrefit.controller.naming import FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, MODEL_UID_LABEL
 
 Obj = dict[str, Any]
+# No answer at all (the API server restarting, a dropped connection, a timeout): the pass could not even
+# write status, so its handler retries it after a short backoff.
+API_UNREACHABLE: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 

@@ -274,3 +274,32 @@ def test_consecutive_api_error_passes_back_off_and_a_clean_pass_resets_the_count
     assert runtime.next_delay("ns", "m", 2.0, backoff=False) == 2.0  # not an API error: as asked
     assert runtime.next_delay("ns", "m", 5.0, backoff=True) == 5.0  # counting starts again
     assert runtime.next_delay("ns", "m", None, backoff=False) is None
+
+
+def test_a_pass_that_gets_no_answer_from_the_api_server_retries_within_seconds() -> None:
+    """A real connection refused (nothing listens on the port), not a mock: without this kopf waits its
+    default 60 s before the next try, and a model stays behind an API server restart for a minute."""
+    import asyncio
+    import socket
+
+    import kopf
+    from kubernetes import client
+
+    from trtrefit.controller.handlers import pass_or_retry
+    from trtrefit.controller.kube import Cluster
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    configuration.retries = 0
+    runtime = Runtime(cluster=Cluster(client.ApiClient(configuration)), config=CONFIG)
+    delays = []
+    for _ in range(3):
+        with pytest.raises(kopf.TemporaryError) as raised:
+            asyncio.run(pass_or_retry(runtime, "vision", "resnet50"))
+        assert "the API server did not answer" in str(raised.value)
+        delays.append(raised.value.delay)
+    assert delays == [1.0, 2.0, 4.0]
+    assert runtime.metrics.models[("vision", "resnet50")].errors == {"Unreachable": 3}
