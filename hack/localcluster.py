@@ -363,12 +363,6 @@ class LocalCluster:
                 time.sleep(0.1)
             self.processes.check_alive()
 
-    def restart_component(self, name: str, down_s: float = 0.0, timeout: float = 60.0) -> None:
-        """stop_component, `down_s` seconds of outage, start_component."""
-        self.stop_component(name)
-        time.sleep(down_s)
-        self.start_component(name, timeout)
-
     def _component_args(self, name: str) -> list[str]:
         if name == "etcd":
             return self._etcd_args()
