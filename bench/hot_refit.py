@@ -5,10 +5,12 @@ process: compile the bundle with `trtrefit compile --backend tensorrt`'s code, w
 every tensor of the compiled weights jittered, BatchNorm statistics included), then drive the server's
 own `ServingModel` (serving/service.py) the way the HTTP layer does, artifacts on local disk:
 
-  prime       ServingModel.start(A): load the program, the first refit (every Refitter's slow first
-              refit_cuda_engine), verify. `prime_s` is that refit's apply stage.
+  prime       ServingModel.start(A): load the program in two copies (serving/standby.py), refit each
+              to A (every Refitter's slow first refit_cuda_engine), verify each. `prime_s` is the first
+              copy's apply stage; `start_s` all of start-up.
   hot         >= --refits refits alternating B and A, each a full ServingModel.refit(request): fetch
-              + check + stage + reference + digest + lock(apply + verify), no load. The checkpoints are
+              + check + stage + reference + digest + apply + verify (on the standby copy, no lock held)
+              + lock (the swap), no load. The checkpoints are
               UNPINNED: a sha256 still to compute is computed on a thread beside check/stage/reference
               and waited for (`digest`) before the lock.
   hot pinned  the same with each checkpoint's sha256 pinned: compared before it is parsed. In both, a
@@ -21,7 +23,9 @@ own `ServingModel` (serving/service.py) the way the HTTP layer does, artifacts o
   refitting   the same load while refits alternate B/A back to back; every response is checked to be
               exactly A's or B's output (never a mix, never an error): failed_requests. Repeated with
               the serving stream at the refit stream's (default) priority, and with the interpreter's
-              GIL switch interval at 0.5 ms, and with pageable copies, to attribute what is left.
+              GIL switch interval at 0.5 ms, and with pageable copies, to attribute what is left; and
+              with the GPU's SMs split between serving and refit work (`refit_sms_N`, each with an idle
+              phase of its own: serving then has fewer SMs).
   fresh job   a subprocess `python -m trtrefit.worker refit` (the refit Job's command) to B, wall time.
   recompile   torch_tensorrt.dynamo.compile of the source program carrying B, in this (warm) process.
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -241,6 +246,7 @@ def bench_serving(
     device = "cuda" if args.backend == "tensorrt" else "cpu"
     inputs = [t.to(device) for t in load_inputs(root / "inputs.safetensors", "inputs")]
     served = {"A": host(model.infer(inputs))}
+    out["copies_bitwise_equal"] = copies_alike(model, inputs, served["A"])
 
     def hot_refits(which: dict[str, Any]) -> list[dict[str, float]]:
         timings = []
@@ -310,6 +316,15 @@ def bench_serving(
         save()
 
 
+def copies_alike(model: Any, inputs: list[Any], serving: list[Any]) -> bool:
+    """Whether the standby copy answers exactly what the serving copy answered (both hold A after start-up).
+    The load phases accept a response only when it equals A's or B's bit for bit, whichever copy served."""
+    import torch
+
+    standby = host(model._loaded.live.verify_run(inputs))
+    return all(torch.equal(x, y) for x, y in zip(serving, standby, strict=True))
+
+
 def fresh_file_refits(model: Any, name: str, root: Path, args: argparse.Namespace) -> list[dict[str, float]]:
     """Refits from a fresh copy of B or A each time (a new inode, just written): nothing is known about
     the file, so it is hashed, as a checkpoint seen for the first time is; every other one pinned."""
@@ -371,11 +386,20 @@ def stream_priorities(model: Any) -> dict[str, Any]:
         "range_lowest_highest": list(torch.cuda.Stream.priority_range()),  # type: ignore[call-arg]  # static
         "serving": streams.serving_stream(live.device).priority,
         "refit": streams.refit_stream(live.device).priority,
-        "engines": sorted({e.module._engine_stream.priority for e in live._engines}),
+        "engines": sorted({e.module._engine_stream.priority for e in live.serving._engines}),
+        "standby_engines": sorted({e.module._engine_stream.priority for e in live.standby._engines}),
     }
 
 
-VARIANTS = ("equal_priority", "pageable_copies", "switch_interval_0.5ms", "one_client")
+VARIANTS = (
+    "equal_priority",
+    "pageable_copies",
+    "switch_interval_0.5ms",
+    "one_client",
+    "refit_sms_16",
+    "refit_sms_32",
+    "refit_sms_32+switch_interval_0.5ms",
+)
 
 
 def variants(
@@ -387,7 +411,7 @@ def variants(
     from trtrefit.serving import streams
 
     wanted = set(args.variants.split(",")) if args.variants else set(VARIANTS)
-    if not hasattr(model._loaded.live, "use_serving_stream"):  # no CUDA streams to vary
+    if not model._loaded.live.device.startswith("cuda"):  # no CUDA streams to vary
         wanted &= {"one_client"}
     found: dict[str, Any] = {}
     if "equal_priority" in wanted:
@@ -423,7 +447,48 @@ def variants(
             "idle_failed": idle["failed"],
             "p99_le_idle_plus_lock": lock_ms is not None and during["p99_ms"] <= idle["p99_ms"] + lock_ms,
         }
+    for variant in sorted(wanted):
+        if variant.startswith("refit_sms_"):
+            phase = functools.partial(split_sms, model, inputs, served, requests, args, variant=variant)
+            found[variant] = guarded(phase)
     return found
+
+
+def split_sms(
+    model: Any,
+    inputs: list[Any],
+    served: dict[str, list[Any]],
+    requests: dict[str, Any],
+    args: Any,
+    *,
+    variant: str,
+) -> dict[str, Any]:
+    """Idle, then refitting, with refit work on N SMs of its own and serving on the rest (--refit-sms N);
+    `refit_sms_N+switch_interval_0.5ms` with the GIL switch interval at 0.5 ms as well."""
+    from hot_refit_stages import sms_split
+
+    split, _, switch = variant.partition("+")
+    refit_sms = int(split.removeprefix("refit_sms_"))
+    log(f"refit work on {refit_sms} SMs of its own{' and ' + switch if switch else ''}: idle, then refitting")
+    saved = sys.getswitchinterval()
+    try:
+        if switch:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        with sms_split(model, refit_sms) as partition:
+            idle = Load(model, inputs, served, args.think_ms / 1000).run(args.clients, args.load_s, None)
+            during = refitting_phase(model, inputs, served, requests, args)
+    finally:
+        sys.setswitchinterval(saved)
+    lock_ms = during["refit_lock_ms_median"]
+    return during | {
+        "serving_sms": partition.serving_sms,
+        "refit_sms": partition.refit_sms,
+        "idle_p50_ms": idle["p50_ms"],
+        "idle_p99_ms": idle["p99_ms"],
+        "idle_requests": idle["requests"],
+        "idle_failed": idle["failed"],
+        "p99_le_idle_plus_lock": lock_ms is not None and during["p99_ms"] <= idle["p99_ms"] + lock_ms,
+    }
 
 
 def attribute_stages(
@@ -648,7 +713,8 @@ def render(result: dict[str, Any]) -> str:
     models = result["models"]
     machine_ = result["machine"]
     lines = [
-        "# Hot refit in a live `trtrefit serve` model (ServingModel, TensorRT engines refitted in place)",
+        "# Hot refit in a live `trtrefit serve` model (ServingModel: TensorRT engines refitted in place, on a"
+        " standby copy swapped in once verified)",
         "",
         f"{result['date']}, commit {result['commit']}, {machine_.get('gpu')}, {machine_.get('cpus')} CPUs "
         f"(SHA-256 flag: {machine_.get('sha_ni')}; hashlib SHA-256 in memory "
@@ -662,7 +728,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     rows = [
         ("checkpoint (MB) / hash_file alone (ms)", ("checkpoint_mb", "hash_file_ms")),
-        ("prime: first refit after start, apply stage (s)", "prime_s"),
+        ("prime: first refit after start, apply stage / start-up, both copies (s)", ("prime_s", "start_s")),
         ("hot refit total, unpinned, median / p90 (s)", ("hot_total_s_median", "hot_total_s_p90")),
         (
             "hot refit total, pinned, median / p90 (s)",
@@ -672,7 +738,8 @@ def render(result: dict[str, Any]) -> str:
             "hot refit total, a file never seen before, median: all / pinned (s)",
             ("hot_total_s_median_new_file", "hot_total_s_median_new_file_pinned"),
         ),
-        ("lock held, median (ms)", "hot_lock_ms_median"),
+        ("lock held (the swap), median (ms)", "hot_lock_ms_median"),
+        ("the two copies compute bit for bit alike", "copies_bitwise_equal"),
         ("inference p50 / p99 idle (ms)", ("infer_p50_ms_idle", "infer_p99_ms_idle")),
         ("inference p50 / p99 while refitting (ms)", ("infer_p50_ms_refitting", "infer_p99_ms_refitting")),
         ("p99 refitting <= idle + lock", "p99_refitting_le_idle_plus_lock"),
@@ -734,7 +801,11 @@ def render_variants(models: dict[str, Any]) -> list[str]:
         f"{models[n].get('refits_during_load')}"
         for n in names
     ]
-    lines.append("| as served (serving stream high priority, refit work low) | " + " | ".join(cells) + " |")
+    lines.append(
+        "| as served (standby copy takes the refit; serving stream high priority, refit work low) | "
+        + " | ".join(cells)
+        + " |"
+    )
     variants_ = [v for v in models[names[0]]["refitting_variants"] if v != "error"]
     for variant in variants_:
         row = []
@@ -746,13 +817,18 @@ def render_variants(models: dict[str, Any]) -> list[str]:
             )
         lines.append(f"| {variant} | " + " | ".join(row) + " |")
     for name in names:
-        one = models[name]["refitting_variants"].get("one_client")
-        if one:
-            lines.append(
-                f"\n{name}, one client: inference p99 idle {one.get('idle_p99_ms')} ms, while refitting "
-                f"{one.get('p99_ms')} ms, lock {one.get('refit_lock_ms_median')} ms: p99 <= idle + lock: "
-                f"{one.get('p99_le_idle_plus_lock')}"
-            )
+        for variant, got in models[name]["refitting_variants"].items():
+            if isinstance(got, dict) and "idle_p99_ms" in got:  # a variant with an idle phase of its own
+                split = (
+                    f" (SMs: {got['serving_sms']} serve, {got['refit_sms']} refit)"
+                    if "refit_sms" in got
+                    else ""
+                )
+                lines.append(
+                    f"\n{name}, {variant}{split}: inference p99 idle {got.get('idle_p99_ms')} ms, while "
+                    f"refitting {got.get('p99_ms')} ms, lock {got.get('refit_lock_ms_median')} ms: "
+                    f"p99 <= idle + lock: {got.get('p99_le_idle_plus_lock')}"
+                )
     errors = {
         n: models[n]["refitting_variants"]["error"]
         for n in names

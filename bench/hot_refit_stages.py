@@ -10,7 +10,8 @@ background thread repeats ONE piece of the server's refit at a time, as ServingM
                       refit stream
   reference_equal_priority  the same, with the serving stream at the refit stream's priority (as before
                       serving/streams.py): what the priorities buy
-  lock                under the server's lock: live.apply + the verification inference (0.1 s between holds)
+  standby             the standby copy takes staged weights and runs the verification inputs (apply +
+                      verify, no lock: serving/standby.py), 0.1 s apart as between two real refits
 
 It reaches into ServingModel's loaded program and lock (private attributes): a measurement, not an API.
 """
@@ -29,7 +30,6 @@ def attribute(
 ) -> dict[str, Any]:
     """p50/p99/max inference latency (ms) and the piece's own median seconds, per piece; `load(piece)` runs
     the client load while a thread repeats `piece` (pausing `pause_s` between two runs)."""
-    import torch
     from safetensors.torch import load_file
 
     from trtrefit.serving import streams
@@ -40,7 +40,6 @@ def attribute(
     loaded = model._loaded
     live, reference = loaded.live, loaded.reference
     device = live.device
-    on_gpu = device.startswith("cuda")
 
     files = [root / "A.safetensors", root / "B.safetensors"]
     states = [load_file(str(f)) for f in files]
@@ -65,13 +64,10 @@ def attribute(
             outputs = reference.infer(inputs)
         del outputs
 
-    def do_lock() -> None:
-        with model._lock:
-            live.apply(staged[turn.next()])
-            outputs = live.infer(inputs)
-            if on_gpu:
-                torch.cuda.synchronize()
-            del outputs
+    def do_standby() -> None:  # never promoted: the serving copy keeps what it serves
+        live.load(staged[turn.next()])
+        outputs = live.verify_run(inputs)
+        del outputs
 
     found = {
         "check": load(do_check, 0.0),
@@ -80,30 +76,48 @@ def attribute(
     }
     with equal_priority(model):
         found["reference_equal_priority"] = load(do_reference, 0.0)
-    found["lock"] = load(do_lock, LOCK_SPACING_S)
+    found["standby"] = load(do_standby, STANDBY_SPACING_S)
     return found
 
 
 @contextlib.contextmanager
 def equal_priority(model: Any) -> Iterator[None]:
-    """The serving stream at the refit stream's priority for the block (a TensorRT program on a GPU);
-    switched under the server's lock, so no request runs half on one stream and half on the other."""
-    live = model._loaded.live
-    if not hasattr(live, "use_serving_stream"):
-        yield
-        return
+    """The serving copy's stream at the refit stream's priority for the block (a TensorRT program on a
+    GPU); switched under the server's lock, so no request runs half on one stream and half on the other."""
     import torch
 
     from trtrefit.serving import streams
 
-    lowest = streams.refit_stream(live.device).priority
+    pair = model._loaded.live
+    if not pair.device.startswith("cuda"):
+        yield
+        return
+    lowest = streams.refit_stream(pair.device).priority
     with model._lock:
-        live.use_serving_stream(torch.cuda.Stream(device=torch.device(live.device), priority=lowest))  # type: ignore[no-untyped-call]
+        pair.serving.run_on(torch.cuda.Stream(device=torch.device(pair.device), priority=lowest))  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         with model._lock:
-            live.use_serving_stream(streams.serving_stream(live.device))
+            pair.place_streams()
+
+
+@contextlib.contextmanager
+def sms_split(model: Any, refit_sms: int) -> Iterator[Any]:
+    """Refit work on `refit_sms` SMs of its own, serving on the rest, for the block (`--refit-sms`);
+    switched under the server's lock between refits."""
+    from trtrefit.serving import streams
+
+    pair = model._loaded.live
+    with model._lock:
+        partition = streams.use_partition(pair.device, refit_sms)
+        pair.place_streams()
+    try:
+        yield partition
+    finally:
+        with model._lock:
+            streams.use_partition(pair.device, None)
+            pair.place_streams()
 
 
 class Turn:
@@ -117,9 +131,8 @@ class Turn:
         return self._i % 2
 
 
-# threading.Lock is not fair: a loop that takes it again at once starves the clients (seen: 4 requests
-# in 3 s). A real refit spends its prepare stages (~0.1-0.5 s) outside the lock between two holds.
-LOCK_SPACING_S = 0.1
+# A real refit spends its fetch, check, stage and reference (~0.1-0.5 s) between two standby refits.
+STANDBY_SPACING_S = 0.1
 
 
 def timed_loop(piece: Callable[[], None], stop: Any, seconds: list[float], pause_s: float = 0.0) -> None:

@@ -289,3 +289,41 @@ def test_rolling_back_to_the_compiled_weights(case: LiveCase) -> None:
     assert all(torch.allclose(x, y, rtol=1e-5, atol=1e-6) for x, y in zip(compiled, back, strict=True))
     live.apply(live.stage(case.checkpoints["B"]))
     check_serves(case, live, "B")
+
+
+@pytest.mark.parametrize("refit_sms", [None, 16], ids=["all-sms", "refit-sms-16"])
+def test_the_standby_copy_takes_the_refit_while_the_other_serves(
+    case: LiveCase, refit_sms: int | None
+) -> None:
+    """serving/standby.py on real engines: the standby copy is refitted and verified while the serving copy
+    keeps answering with the old checkpoint; promoted, it answers with the new one, and the two copies
+    compute bit for bit alike. With `refit_sms`, each copy's stream lives in a green context of its own."""
+    import torch
+
+    from trtrefit.serving import streams
+    from trtrefit.serving.standby import StandbyPair
+    from trtrefit.serving.tensorrt import TensorRTLive
+
+    if case.name == "vit_b_16" or (refit_sms is not None and case.name != "partitioned"):
+        pytest.skip("the partitioned program (both ways) and resnet50 cover it; each copy primes for seconds")
+    partition = streams.use_partition("cuda", refit_sms)
+    try:
+        if partition is not None and refit_sms is not None:
+            total = torch.cuda.get_device_properties(0).multi_processor_count
+            assert partition.refit_sms >= refit_sms and partition.serving_sms + partition.refit_sms <= total
+        pair = StandbyPair(lambda: TensorRTLive(case.engine, str(case.engine), case.source, "cuda"))
+        for _ in range(2):  # both copies primed on A
+            pair.load(pair.stage(case.checkpoints["A"]))
+            pair.promote()
+        served_a = check_serves(case, pair, "A")
+        standby_a = pair.verify_run(case.inputs)
+        assert all(torch.equal(x, y) for x, y in zip(served_a, standby_a, strict=True))
+        pair.load(pair.stage(case.checkpoints["B"]))
+        check_serves(case, pair, "A")  # the standby's refit left what serves untouched
+        report = verify(pair.verify_run(case.inputs), case.expected["B"], case.tolerances)
+        assert report.verification.passed, report.message
+        _, promote_s = timed(pair.promote)
+        check_serves(case, pair, "B")
+        record(case, test="standby", refit_sms=refit_sms, promote_s=promote_s)
+    finally:
+        streams.use_partition("cuda", None)

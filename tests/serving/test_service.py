@@ -1,5 +1,6 @@
-"""ServingModel in process, on the real exported backend: start-up, hot refits, rollback on every kind of
-bad input with the old outputs still served, supersede, and the refusal of another engine."""
+"""ServingModel in process, on the real exported backend: start-up, hot refits, every kind of bad input
+refused with the old outputs still served (never promoted), supersede, and the refusal of another
+engine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from localcluster import free_port
 from tests.serving.conftest import SHAPE, Bundle, HeldFiles, eager
 from trtrefit.api.result import Outcome
-from trtrefit.serving.exported import ExportedLive
+from trtrefit.serving.live import LiveProgram
 from trtrefit.serving.service import InputError, NotReadyError, ServingModel, StartupError
 from trtrefit.worker.formats import TensorSpec
 
@@ -94,11 +95,10 @@ def test_bad_input_rolls_back_and_the_old_weights_keep_serving(
     assert after.last_refit is not None and after.failed(request.key or "") is not None
 
 
-class Drifting:
-    """A live program whose outputs drift from PyTorch after a refit. A MOCK of a fault the exported
-    backend cannot produce (it runs the very graph the reference runs): an engine computing wrongly."""
+class Wrapped:
+    """A live program passing every call to a real one; the subclasses below change one thing."""
 
-    def __init__(self, inner: ExportedLive) -> None:
+    def __init__(self, inner: LiveProgram) -> None:
         self.inner, self.backend, self.device = inner, inner.backend, inner.device
         self.applied = 0
 
@@ -116,21 +116,68 @@ class Drifting:
         self.inner.apply(staged)
 
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        drift = 0.5 if self.applied % 2 == 0 and self.applied > 1 else 0.0
-        return [t + drift for t in self.inner.infer(inputs)]
+        return self.inner.infer(inputs)
+
+    def run_on(self, stream: torch.cuda.Stream) -> None:
+        self.inner.run_on(stream)
 
 
-def test_missed_tolerances_roll_back(model: ServingModel, bundle: Bundle) -> None:
+class Drifting(Wrapped):
+    """Outputs that drift from PyTorch once new weights are applied. A MOCK of a fault the exported
+    backend cannot produce (it runs the very graph the reference runs): an engine computing wrongly."""
+
+    def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        drift = 0.5 if self.applied else 0.0
+        return [t + drift for t in super().infer(inputs)]
+
+
+class Held(Wrapped):
+    """An apply that waits until released: a slow refit (a real one takes milliseconds, too short to
+    issue a request during it on purpose)."""
+
+    def __init__(self, inner: LiveProgram) -> None:
+        super().__init__(inner)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def apply(self, staged: object) -> None:
+        self.entered.set()
+        assert self.release.wait(60)
+        super().apply(staged)
+
+
+def test_requests_never_wait_for_a_refit(model: ServingModel, bundle: Bundle) -> None:
+    """While the standby copy takes a refit, requests are answered by the serving copy (the old weights),
+    without waiting; the verified standby then serves."""
     loaded = model._loaded
     assert loaded is not None
-    drifting = Drifting(loaded.live)  # type: ignore[arg-type]
-    drifting.applied = 1
-    object.__setattr__(loaded, "live", drifting)
+    held = Held(loaded.live.standby)
+    loaded.live._standby = held
+    with ThreadPoolExecutor(2) as pool:
+        refit = pool.submit(model.refit, bundle.request("b", key="bbbb0000"))
+        assert held.entered.wait(60)
+        (out,) = pool.submit(model.infer, [X]).result(timeout=30)  # would wait on a lock the refit held
+        assert close(out, eager(bundle.checkpoints["a"])(X))
+        assert model.state().refitting == "bbbb0000" and model.state().serves("aaaa0000")
+        held.release.set()
+        assert refit.result(timeout=60).outcome == Outcome.PASSED
+    (out,) = model.infer([X])
+    assert close(out, eager(bundle.checkpoints["b"])(X))
+    assert loaded.live.serving is held and model.state().serves("bbbb0000")
+
+
+def test_missed_tolerances_are_never_promoted(model: ServingModel, bundle: Bundle) -> None:
+    loaded = model._loaded
+    assert loaded is not None
+    pair = loaded.live
+    serving = pair.serving
+    drifting = Drifting(pair.standby)
+    pair._standby = drifting
     result = model.refit(bundle.request("b", key="bbbb0000"))
     assert result.outcome == Outcome.VERIFICATION_FAILED
-    assert "exceeds atol" in result.message and "rolled back" in result.message
+    assert "exceeds atol" in result.message and "the previous weights keep serving" in result.message
     assert result.verification is not None and result.verification.max_abs_error >= 0.4
-    assert drifting.applied == 3, "applied the new weights, then the previous ones again"
+    assert drifting.applied == 1, "the new weights went to the standby copy once"
+    assert pair.serving is serving and pair.standby is drifting, "a failed refit is never promoted"
     (out,) = model.infer([X])
     assert close(out, eager(bundle.checkpoints["a"])(X))
     assert model.state().serves("aaaa0000")

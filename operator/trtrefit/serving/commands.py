@@ -65,6 +65,13 @@ def add_serve_parser(sub: Subparsers) -> None:
         default=30.0,
         help="then: seconds the requests in flight may take to finish (default 30)",
     )
+    parser.add_argument(
+        "--refit-sms",
+        type=int,
+        metavar="N",
+        help="keep N of the GPU's SMs for refit work and serve on the others (CUDA green contexts; needs "
+        "cuda-bindings). Default: every SM shared, requests first by stream priority",
+    )
     add_log_format_argument(parser)
     parser.set_defaults(func=serve_command)
 
@@ -75,6 +82,8 @@ def serve_command(args: argparse.Namespace) -> int:
         request = read_request(args.request, os.environ)
         token = read_token(args.token_file, os.environ)
         check_numbers(args.port, args.drain_seconds, args.grace_seconds)
+        if args.refit_sms is not None and args.refit_sms < 1:
+            raise ConfigError(f"--refit-sms {args.refit_sms}: give a number of SMs, 1 or more")
     except ConfigError as exc:
         logging.getLogger("trtrefit.serving").error(f"trtrefit serve: {exc}")
         return 2
@@ -101,6 +110,7 @@ def _options(
         workdir=workdir,
         drain_seconds=args.drain_seconds,
         grace_seconds=args.grace_seconds,
+        refit_sms=args.refit_sms,
     )
 
 

@@ -2,8 +2,8 @@
 parameters and buffers are rebound to the staged tensors on `apply`.
 
 Rebinding (not copying into the old storage) keeps `current()` free: it returns references to the tensors
-serving now, and applying them again is the rollback. Each rebind is a dict assignment on the owning
-submodule; the caller holds the lock inference takes, so no forward pass sees a mix.
+it computes with now, and applying them again goes back to them. The server applies only to its standby
+copy (serving/standby.py), which no request runs, so no forward pass sees a mix.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trtrefit.serving import streams
 from trtrefit.worker import programs
 from trtrefit.worker.errors import WorkerError
 from trtrefit.worker.formats import TensorSpec, check_compatible
@@ -56,6 +57,7 @@ class ExportedLive:
         with programs.quiet_torch():
             self._module = program.module()
         self._slots = {name: self._slot(name) for name in self._expected}
+        self._stream: torch.cuda.Stream | None = None
 
     def _slot(self, name: str) -> _Slot:
         path, _, attr = name.rpartition(".")
@@ -100,6 +102,12 @@ class ExportedLive:
         import torch
         from torch.utils import _pytree
 
-        with torch.inference_mode():
+        def run() -> list[torch.Tensor]:
             result = self._module(*[t.to(self.device) for t in inputs])
-        return [leaf for leaf in _pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
+            return [leaf for leaf in _pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
+
+        with torch.inference_mode():
+            return streams.run_on_stream(self._stream, run)
+
+    def run_on(self, stream: torch.cuda.Stream) -> None:
+        self._stream = stream

@@ -1,18 +1,16 @@
 """The contract between the server and a backend's live program: engines (or tensors) kept for the life of
 the process, refitted in place.
 
-The server drives a refit in this order (only `apply` and the verification run hold the lock inference
-takes; everything slow happens before it):
+The server keeps two of them (serving/standby.py): one serves, the other takes each refit while requests
+keep flowing, and the two are swapped once the refit is verified. On the standby copy, with no lock held:
 
-    staged = live.stage(checkpoint.state)            # outside the lock: check, plan, copy to the device
-    previous = live.current()                        # the weights serving now, ready to be applied again
-    with lock:
-        live.apply(staged)                           # set + refit: milliseconds
-        outputs = live.infer(verify_inputs)          # compared with the PyTorch reference
-        if not verified: live.apply(previous)        # roll back: the same few milliseconds
+    staged = live.stage(checkpoint.state)            # check, plan, copy to the device
+    live.apply(staged)                               # set + refit: milliseconds once primed
+    outputs = live.infer(verify_inputs)              # compared with the PyTorch reference
 
-`apply` never leaves a half-refitted program behind: when it raises, it has put `previous` back itself or
-the program is unchanged.
+`apply` never leaves a half-refitted program behind: when it raises, it has put the previous weights back
+itself or the program is unchanged. The tests and the GPU benchmark also drive one copy directly, with
+`current()` to go back to the weights it had.
 """
 
 from __future__ import annotations
@@ -48,9 +46,15 @@ class LiveProgram(Protocol):
         ...
 
     def apply(self, staged: Staged) -> None:
-        """Make `staged` the weights every following `infer` computes with. Caller holds the lock."""
+        """Make `staged` the weights every following `infer` computes with; nothing may be running on this
+        copy (the server applies to the standby copy only)."""
         ...
 
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Outputs for positional inputs (on any device; moved as needed). Caller holds the lock."""
+        """Outputs for positional inputs (on any device; moved as needed), on the stream `run_on` set; safe
+        to use on the caller's stream. The serving copy's caller holds the lock."""
+        ...
+
+    def run_on(self, stream: torch.cuda.Stream) -> None:
+        """Queue this copy's GPU work (inference, engines included) on `stream` from now on."""
         ...

@@ -13,8 +13,27 @@ from trtrefit.api.redact import redact_uri
 
 # Inference on a warm engine is milliseconds; a CPU program or a big batch can take a second.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# Refit stages range from a millisecond (a warm TensorRT refit) to seconds (a download, the first refit).
-_STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Refit stages range from 0.1 ms (the swap under the lock) to seconds (a download, the first refit).
+_STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -51,7 +70,7 @@ class ServingMetrics:
         )
         self.lock_seconds = Histogram(
             "trtrefit_serve_refit_lock_seconds",
-            "Seconds a refit held the lock inference takes (apply, verification run, rollback).",
+            "Seconds a refit held the lock inference takes (the swap to the verified standby copy).",
             ["model"],
             buckets=_STAGE_BUCKETS,
             registry=self.registry,

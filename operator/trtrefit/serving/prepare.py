@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
     from trtrefit.serving.exported import ExportedLive
-    from trtrefit.serving.live import LiveProgram, Staged
+    from trtrefit.serving.live import Staged
+    from trtrefit.serving.standby import StandbyPair
 
 # A serving pod answers a caller who waits: fail an unreachable URI within seconds, not a minute.
 FETCH_RETRY = Retry(attempts=3, first_delay_s=0.2)
@@ -60,7 +61,7 @@ class Prepared:
 
 def prepare(
     request: RefitRequest,
-    live: LiveProgram,
+    live: StandbyPair,
     reference: ExportedLive | None,
     workdir: Path,
     progress: Progress,

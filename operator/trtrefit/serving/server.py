@@ -34,6 +34,7 @@ class ServeOptions:
     workdir: Path
     drain_seconds: float = 5.0
     grace_seconds: float = 30.0
+    refit_sms: int | None = None
 
 
 _log = logging.getLogger("trtrefit.serving")
@@ -70,7 +71,7 @@ class _Server(uvicorn.Server):
 
 def run(options: ServeOptions) -> int:
     """Serve until stopped; 0 after a clean stop, 1 when start-up failed."""
-    service = ServingModel(options.model_name, options.workdir)
+    service = ServingModel(options.model_name, options.workdir, refit_sms=options.refit_sms)
     config = uvicorn.Config(
         build_app(service, options.token),
         host=options.host,

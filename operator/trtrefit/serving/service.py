@@ -1,14 +1,17 @@
-"""`ServingModel`: one live program, the lock inference and refits share, and what this process serves.
+"""`ServingModel`: a live program in two copies, the lock inference and refits share, and what this
+process serves.
 
 The HTTP layer and the GPU benchmark both drive it. A refit fetches, checks, stages and computes the
-reference while requests keep flowing (serving/prepare.py); only then does it take the lock, apply the
-weights, run the verification inputs, compare, and keep or roll back. Inference takes the same lock, so
-no request ever computes with weights that are not verified.
+reference (serving/prepare.py), applies the weights to the standby copy, runs the verification inputs
+through it and compares, all while requests keep flowing on the serving copy (serving/standby.py). Only
+a verified standby is promoted, under the lock inference takes, so no request ever computes with weights
+that are not verified and none waits for more than the swap.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import platform
 import tempfile
 import threading
@@ -29,6 +32,7 @@ from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.metrics import ServingMetrics
 from trtrefit.serving.prepare import FETCH_RETRY, Prepared, PrepareError, prepare
+from trtrefit.serving.standby import StandbyPair
 from trtrefit.worker import programs
 from trtrefit.worker.backends import detect
 from trtrefit.worker.errors import WorkerError
@@ -41,10 +45,11 @@ from trtrefit.worker.verify import Tolerances, verify
 if TYPE_CHECKING:
     import torch
 
-    from trtrefit.serving.live import LiveProgram
-
+_log = logging.getLogger("trtrefit.serving")
 # What a failing live program raises while it runs (torch and TensorRT errors), as the worker catches them.
 _RUN_ERRORS = (RuntimeError, AssertionError, ValueError, TypeError)
+# A refit that fails is never promoted: it changed only the standby copy.
+_UNTOUCHED = "not promoted, the previous weights keep serving"
 
 
 class StartupError(Exception):
@@ -73,16 +78,19 @@ class _Loaded:
     engine: CheckpointDigest
     source: CheckpointDigest | None
     kind: str
-    live: LiveProgram
+    live: StandbyPair
     reference: ExportedLive | None  # the source program, kept on the device; refits rebind its weights
 
 
 class ServingModel:
-    def __init__(self, name: str, workdir: Path, metrics: ServingMetrics | None = None) -> None:
+    def __init__(
+        self, name: str, workdir: Path, metrics: ServingMetrics | None = None, refit_sms: int | None = None
+    ) -> None:
         self.name = name
         self._workdir = workdir
+        self._refit_sms = refit_sms  # SMs kept for refit work (serving/partition.py); None: all shared
         self.metrics = metrics or ServingMetrics(name)
-        self._lock = threading.Lock()  # the one lock inference and the apply+verify step share
+        self._lock = threading.Lock()  # the one lock inference and the promotion of a verified refit share
         self._gate = RefitGate()
         self._loaded: _Loaded | None = None
         self._served: ServedCheckpoint | None = None
@@ -94,18 +102,23 @@ class ServingModel:
 
     # ---- start-up -----------------------------------------------------------------------------------
     def start(self, request: RefitRequest) -> RefitResult:
-        """Load the engine (and source) the request names, refit it to the request's checkpoint and
-        verify; raises StartupError with one line when anything fails. Ready only after this returns.
+        """Load the engine (and source) the request names, refit both copies to the request's checkpoint
+        and verify each; raises StartupError with one line when anything fails. Ready only after this
+        returns. The first refit of each copy primes its Refitters (the slow one); the result returned is
+        the first copy's.
 
         It holds the refit gate throughout, so a refit request arriving meanwhile waits for it (and is then
         applied after the start-up checkpoint, being the newer of the two)."""
-        progress = Progress()
         with self._gate.turn(_label(request)):
             try:
                 self._loaded = self._load(request)
             except WorkerError as exc:
                 raise StartupError(redact_text(exc.message, _uris(request))) from exc
-            result = self._refit(request, progress)
+            result = self._refit(request, Progress())
+            if result.outcome == Outcome.PASSED:
+                second = self._refit(request, Progress())  # the other copy, now the standby
+                if second.outcome != Outcome.PASSED:
+                    result = second
         self._record(result)
         if result.outcome != Outcome.PASSED:
             raise StartupError(f"the first refit did not pass ({result.outcome.value}): {result.message}")
@@ -124,6 +137,15 @@ class ServingModel:
         )
         kind = detect(engine.path, request.engine.uri)
         device = resolve_device(request.device.value, kind)
+        if self._refit_sms is not None:
+            if not device.startswith("cuda"):
+                raise WorkerError(f"--refit-sms {self._refit_sms}: the program runs on {device}, not a GPU")
+            partition = streams.use_partition(device, self._refit_sms)
+            assert partition is not None
+            _log.info(
+                f"SMs split: {partition.serving_sms} serve, {partition.refit_sms} take refit work",
+                extra={"stage": "serve"},
+            )
         source_program = reference = None
         if source is not None:
             label = f"source {request.source.uri if request.source else ''}"
@@ -131,7 +153,7 @@ class ServingModel:
             # A second copy of the source program as the verification reference, on the device and unlifted
             # once: a refit only rebinds its weights (no per-refit copy or re-unlifting of the program).
             reference = ExportedLive(source.path, label, None, device)
-        live = open_live(kind, engine.path, request.engine.uri, source_program, device)
+        live = StandbyPair(lambda: open_live(kind, engine.path, request.engine.uri, source_program, device))
         if source_program is not None:
             check_compatible(
                 live.expected_weights(), programs.weights_of(source_program), "source (against the engine)"
@@ -189,50 +211,45 @@ class ServingModel:
             atol=request.verify.atol,
             min_cosine_similarity=request.verify.min_cosine_similarity,
         )
-        with self._held(progress):
-            previous = live.current()
-            try:
-                with progress.stage("apply"):
-                    live.apply(prepared.staged)
-            except _RUN_ERRORS as exc:  # apply() put the old weights back itself (its contract)
-                return self._result(
-                    request,
-                    Outcome.ERROR,
-                    f"setting the weights failed: {_first_line(exc)}",
-                    progress,
-                    checkpoint=prepared.checkpoint,
-                )
-            try:
-                with progress.stage("verify"):
-                    report = verify(live.infer(prepared.inputs), prepared.expected, tolerances)
-            except _RUN_ERRORS as exc:
-                live.apply(previous)
-                return self._result(
-                    request,
-                    Outcome.ERROR,
-                    f"the refitted program does not run on the verification inputs: {_first_line(exc)}; "
-                    "rolled back",
-                    progress,
-                    checkpoint=prepared.checkpoint,
-                )
-            if not report.verification.passed:
-                with progress.stage("rollback"):
-                    live.apply(previous)
-            else:
-                self._served = ServedCheckpoint(
-                    uri=redact_uri(request.checkpoint.uri),
-                    sha256=prepared.checkpoint.sha256,
-                    key=request.key,
-                    since=datetime.datetime.now(datetime.UTC),
-                )
+        try:
+            with progress.stage("apply"):
+                live.load(prepared.staged)
+        except _RUN_ERRORS as exc:
+            return self._result(
+                request,
+                Outcome.ERROR,
+                f"setting the weights failed: {_first_line(exc)}; {_UNTOUCHED}",
+                progress,
+                checkpoint=prepared.checkpoint,
+            )
+        try:
+            with progress.stage("verify"):
+                report = verify(live.verify_run(prepared.inputs), prepared.expected, tolerances)
+        except _RUN_ERRORS as exc:
+            return self._result(
+                request,
+                Outcome.ERROR,
+                f"the refitted program does not run on the verification inputs: {_first_line(exc)}; "
+                f"{_UNTOUCHED}",
+                progress,
+                checkpoint=prepared.checkpoint,
+            )
         if not report.verification.passed:
             return self._result(
                 request,
                 Outcome.VERIFICATION_FAILED,
-                f"{report.message}{prepared.note}; rolled back, the previous weights serve",
+                f"{report.message}{prepared.note}; {_UNTOUCHED}",
                 progress,
                 checkpoint=prepared.checkpoint,
                 verification=report.verification,
+            )
+        with self._held(progress):
+            live.promote()
+            self._served = ServedCheckpoint(
+                uri=redact_uri(request.checkpoint.uri),
+                sha256=prepared.checkpoint.sha256,
+                key=request.key,
+                since=datetime.datetime.now(datetime.UTC),
             )
         if not self.inputs:
             self.inputs = [

@@ -1,6 +1,7 @@
-"""CUDA stream priorities in a live server: inference on the highest priority PyTorch allows, refit work
-done outside the lock (copying new weights to the device, staging them, the verification reference) on the
-lowest.
+"""CUDA streams in a live server: inference (the serving copy's) on the highest priority PyTorch allows,
+refit work (copying new weights to the device, staging them, the verification reference, the standby
+copy's refit and verification run) on the lowest; optionally each on SMs of its own (serving/partition.py,
+`trtrefit serve --refit-sms`).
 
 A stream of its own alone did not help requests (bench/results/hot_refit.md): at equal priority the GPU's
 block scheduler serves kernels first come, first served, so a request waited behind refit kernels already
@@ -16,12 +17,14 @@ host allocator, so a refit reuses the previous refit's blocks instead of page-lo
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+    from trtrefit.serving.partition import Partition
 
 # The benchmark turns this off to measure what page-locked copies buy (bench/hot_refit.py).
 PAGE_LOCKED_COPIES = True
@@ -35,18 +38,37 @@ def _priorities() -> tuple[int, int]:
     return int(lowest), int(highest)
 
 
-@functools.cache
 def serving_stream(device: str) -> torch.cuda.Stream:
-    import torch
+    partition = _PARTITIONS.get(device)
+    return partition.serving if partition else _whole_gpu_stream(device, _priorities()[1])
 
-    return torch.cuda.Stream(device=torch.device(device), priority=_priorities()[1])  # type: ignore[no-untyped-call]
+
+def refit_stream(device: str) -> torch.cuda.Stream:
+    partition = _PARTITIONS.get(device)
+    return partition.refit if partition else _whole_gpu_stream(device, _priorities()[0])
+
+
+def use_partition(device: str, refit_sms: int | None) -> Partition | None:
+    """From now on, refit work on `refit_sms` SMs of its own and serving on the rest (serving/partition.py),
+    or both streams on the whole GPU again (None). Only the streams asked for afterwards change: the
+    server sets it before loading, the benchmark under the lock inference takes."""
+    if refit_sms is None:
+        _PARTITIONS.pop(device, None)
+        return None
+    from trtrefit.serving.partition import split
+
+    _PARTITIONS[device] = split(device, refit_sms, _priorities())
+    return _PARTITIONS[device]
+
+
+_PARTITIONS: dict[str, Partition] = {}
 
 
 @functools.cache
-def refit_stream(device: str) -> torch.cuda.Stream:
+def _whole_gpu_stream(device: str, priority: int) -> torch.cuda.Stream:
     import torch
 
-    return torch.cuda.Stream(device=torch.device(device), priority=_priorities()[0])  # type: ignore[no-untyped-call]
+    return torch.cuda.Stream(device=torch.device(device), priority=priority)  # type: ignore[no-untyped-call]
 
 
 @contextmanager
@@ -63,6 +85,26 @@ def refit_work(device: str) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     stream.synchronize()
+
+
+def run_on_stream(
+    stream: torch.cuda.Stream | None, run: Callable[[], list[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """`run()` with `stream` as the current stream (after what the caller's stream queued before it); its
+    outputs are safe to use on the caller's stream. Without a stream, `run()` as it is."""
+    if stream is None:
+        return run()
+    import torch
+
+    caller = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(caller)  # inputs the caller made on its stream are ready first
+    with torch.cuda.stream(stream):
+        outputs = run()
+    caller.wait_stream(stream)
+    for output in outputs:
+        if output.is_cuda:  # its memory is not reused before the caller is done with it
+            output.record_stream(caller)
+    return outputs
 
 
 def to_device(tensor: torch.Tensor, device: str) -> torch.Tensor:

@@ -12,9 +12,9 @@ Weights the program runs in PyTorch (ops between engines of a partitioned progra
 the loaded module names them under their partition (`_run_on_gpu_3.W` for the checkpoint's `W`).
 
 `stage` does everything slow (check, plan with the worker's `trt_plan`, materialize every engine weight
-on the GPU) while the old weights serve, on the low-priority refit stream; `apply` only hands TensorRT
-pointers and refits. Inference, the engines included, runs on the high-priority serving stream
-(serving/streams.py).
+on the GPU) on the low-priority refit stream; `apply` only hands TensorRT pointers and refits. Inference,
+the engines included, runs on the stream `run_on` gives: the high-priority serving stream for the copy
+that serves, the refit stream for the standby copy that takes the refit (serving/standby.py).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class TensorRTLive:
             raise WorkerError(f"engine {label}: a TensorRT program needs a CUDA device (got {device!r})")
         self.device = device
         self._label = label
-        self._serving = streams.serving_stream(device)
+        self._stream = streams.serving_stream(device)
         self._trt = tensorrt_module()
         from torch_tensorrt.logging import TRT_LOGGER
 
@@ -162,26 +162,19 @@ class TensorRTLive:
         self._current = staged
 
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Runs on the serving stream; the outputs are safe to use on the caller's stream."""
+        """Runs on the stream `run_on` set (the serving stream until then)."""
         from torch.utils import _pytree
 
-        serving = self._serving
-        caller = torch.cuda.current_stream(torch.device(self.device))
-        serving.wait_stream(caller)  # inputs the caller made on its stream are ready first
-        with torch.inference_mode():
-            with torch.cuda.stream(serving):
-                result = self._module(*(t.to(self.device) for t in inputs))
-            outputs = [leaf for leaf in _pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
-            caller.wait_stream(serving)
-            for output in outputs:
-                if output.is_cuda:  # its memory is not reused before the caller is done with it
-                    output.record_stream(caller)
-        return outputs
+        def run() -> list[torch.Tensor]:
+            result = self._module(*(t.to(self.device) for t in inputs))
+            return [leaf for leaf in _pytree.tree_leaves(result) if isinstance(leaf, torch.Tensor)]
 
-    def use_serving_stream(self, stream: torch.cuda.Stream) -> None:
-        """Run inference and every engine on `stream` (the bench compares priorities with this). Caller
-        holds the lock inference takes."""
-        self._serving = stream
+        with torch.inference_mode():
+            return streams.run_on_stream(self._stream, run)
+
+    def run_on(self, stream: torch.cuda.Stream) -> None:
+        """Run inference and every engine on `stream`. Nothing may be running on this copy."""
+        self._stream = stream
         for engine in self._engines:
             engine.module._engine_stream = stream
 
@@ -217,9 +210,20 @@ class TensorRTLive:
                 missing = list(engine.refitter.get_missing_weights())
                 if missing:
                     raise WorkerError(f"{engine.entry.name}: TensorRT still misses '{missing[0]}'")
-            if not engine.refitter.refit_cuda_engine():
+            if not self._refit(engine.refitter):
                 raise WorkerError(f"refit_cuda_engine failed for {engine.entry.name}")
             engine.primed = True
+
+    def _refit(self, refitter: Any) -> bool:
+        """Refit on this copy's stream (the standby's: low priority, and its own SMs when they are split),
+        finished when this returns; TensorRT's synchronous call would queue its kernels on the default
+        stream, at default priority, on every SM."""
+        refit_async = getattr(refitter, "refit_cuda_engine_async", None)
+        if refit_async is None:
+            return bool(refitter.refit_cuda_engine())
+        done = bool(refit_async(self._stream.cuda_stream))
+        self._stream.synchronize()
+        return done
 
     def _swap_engines(self) -> list[_Engine]:
         """Replace each execute_engine call by a live engine module; returns them in graph order."""
@@ -273,8 +277,8 @@ class TensorRTLive:
         if module.engine is None:
             raise WorkerError(f"engine {self._label}: TensorRT could not deserialize {entry.name}")
         # PythonTorchTensorRTModule runs the engine on a stream it creates itself (default priority) unless
-        # this is already set to a stream other than the default one: the serving stream.
-        module._engine_stream = self._serving
+        # this is already set to a stream other than the default one: this copy's stream.
+        module._engine_stream = self._stream
         refitter = self._trt.Refitter(module.engine, self._logger)
         names = list(refitter.get_all_weights())
         if not names:
