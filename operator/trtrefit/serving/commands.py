@@ -69,8 +69,8 @@ def add_serve_parser(sub: Subparsers) -> None:
         "--refit-sms",
         type=int,
         metavar="N",
-        help="keep N of the GPU's SMs for refit work and serve on the others (CUDA green contexts; needs "
-        "cuda-bindings). Default: every SM shared, requests first by stream priority",
+        help="run a refit's PyTorch work (staging, the reference) on N SMs of its own (CUDA green contexts; "
+        "needs cuda-bindings). Default: on every SM, after requests by stream priority",
     )
     add_log_format_argument(parser)
     parser.set_defaults(func=serve_command)

@@ -1,14 +1,16 @@
-"""SMs of the GPU split between serving and refit work (CUDA green contexts), so that a refit's kernels
-(staging, the reference, the standby's refit and verification run) never occupy an SM a request needs.
+"""SMs of the GPU kept for a refit's PyTorch work (CUDA green contexts): copying and staging the new
+weights and, above all, the reference, whose IEEE-fp32 GEMMs otherwise occupy every SM for milliseconds
+while requests wait for them (stream priorities decide which waiting block starts next, not what already
+runs: bench/results/hot_refit.md).
 
-Stream priorities alone leave requests waiting behind refit blocks that already run; the reference's fp32
-GEMMs keep every SM busy for milliseconds (bench/results/hot_refit.md). A green context is a set of SMs:
-one holds the refit streams' `refit_sms`, the other the rest, and each stream of serving/streams.py is
-created inside its own. Memory is shared as in one context, so tensors and engines move freely between
-the two. Memory bandwidth and the L2 cache stay shared.
+Only PyTorch work moves there. TensorRT's engines cannot run on a green context's stream: on TensorRT-RTX
+1.4 `enqueueV3` fails inside Myelin's cuDNN graph fusion and the outputs were wrong (measured on the H200,
+bench/results/gpu_tests_serving.junit.xml at ad243b9). So the serving copy and the standby copy's engines
+keep whole-GPU streams, and serving still has every SM: it shares only the `refit_sms` with the refit.
+Memory, L2 and the copy engines stay shared too.
 
-Needs CUDA 12.4 or newer and `cuda-bindings` (torch depends on it on Linux); the split is rounded
-to the GPU's SM granularity, and what was granted is reported.
+Needs CUDA 12.4 or newer and `cuda-bindings` (torch depends on it on Linux); the driver rounds the count
+up to the GPU's SM granularity, and what was granted is reported.
 """
 
 from __future__ import annotations
@@ -24,18 +26,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Partition:
-    """Two streams whose kernels run on disjoint SMs, and the green contexts that keep those SMs."""
+    """A stream whose kernels run only on `refit_sms` of the GPU's `total_sms`, and the green context that
+    keeps those SMs (alive as long as the stream is)."""
 
-    serving: torch.cuda.ExternalStream
     refit: torch.cuda.ExternalStream
-    serving_sms: int
     refit_sms: int
-    contexts: tuple[Any, Any]  # CUgreenCtx handles: alive as long as the streams are
+    total_sms: int
+    context: Any  # CUgreenCtx
 
 
-def split(device: str, refit_sms: int, priorities: tuple[int, int]) -> Partition:
-    """`refit_sms` SMs (at least; rounded up by the driver) for a low-priority refit stream, the rest for a
-    high-priority serving stream. `priorities` is (lowest, highest) as serving/streams.py uses them."""
+def split(device: str, refit_sms: int, priority: int) -> Partition:
+    """A stream at `priority` on `refit_sms` SMs (at least; rounded up by the driver)."""
     import torch
 
     try:
@@ -46,7 +47,7 @@ def split(device: str, refit_sms: int, priorities: tuple[int, int]) -> Partition
         ) from exc
     index = torch.device(device).index
     index = torch.cuda.current_device() if index is None else index
-    torch.cuda.init()  # type: ignore[no-untyped-call]  # the primary context first, as the driver advises before green contexts
+    torch.cuda.init()  # type: ignore[no-untyped-call]  # the primary context first, as the driver advises
     _check(driver.cuInit(0), "cuInit")
     cudev = _check(driver.cuDeviceGet(index), "cuDeviceGet")
     whole = _check(
@@ -56,32 +57,20 @@ def split(device: str, refit_sms: int, priorities: tuple[int, int]) -> Partition
     total = int(whole.sm.smCount)
     if not 0 < refit_sms < total:
         raise WorkerError(f"--refit-sms {refit_sms}: the GPU has {total} SMs; give between 1 and {total - 1}")
-    groups, count, rest = _check(
+    groups, count, _rest = _check(
         driver.cuDevSmResourceSplitByCount(1, whole, 0, refit_sms), "cuDevSmResourceSplitByCount"
     )
-    if count != 1 or int(rest.sm.smCount) == 0:
+    if count != 1:
         raise WorkerError(f"--refit-sms {refit_sms}: the GPU's {total} SMs cannot be split that way")
-    flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
-    lowest, highest = priorities
-    streams = []
-    contexts = []
-    for resource, priority in ((rest, highest), (groups[0], lowest)):
-        desc = _check(driver.cuDevResourceGenerateDesc([resource], 1), "cuDevResourceGenerateDesc")
-        green = _check(
-            driver.cuGreenCtxCreate(desc, cudev, driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM),
-            "cuGreenCtxCreate",
-        )
-        handle = _check(driver.cuGreenCtxStreamCreate(green, flags, priority), "cuGreenCtxStreamCreate")
-        contexts.append(green)
-        stream = torch.cuda.ExternalStream(int(handle), device=torch.device("cuda", index))  # type: ignore[no-untyped-call]
-        streams.append(stream)
-    return Partition(
-        serving=streams[0],
-        refit=streams[1],
-        serving_sms=int(rest.sm.smCount),
-        refit_sms=int(groups[0].sm.smCount),
-        contexts=(contexts[0], contexts[1]),
+    desc = _check(driver.cuDevResourceGenerateDesc([groups[0]], 1), "cuDevResourceGenerateDesc")
+    green = _check(
+        driver.cuGreenCtxCreate(desc, cudev, driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM),
+        "cuGreenCtxCreate",
     )
+    flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
+    handle = _check(driver.cuGreenCtxStreamCreate(green, flags, priority), "cuGreenCtxStreamCreate")
+    stream = torch.cuda.ExternalStream(int(handle), device=torch.device("cuda", index))  # type: ignore[no-untyped-call]
+    return Partition(refit=stream, refit_sms=int(groups[0].sm.smCount), total_sms=total, context=green)
 
 
 def _check(answer: Any, call: str) -> Any:

@@ -143,7 +143,7 @@ class ServingModel:
             partition = streams.use_partition(device, self._refit_sms)
             assert partition is not None
             _log.info(
-                f"SMs split: {partition.serving_sms} serve, {partition.refit_sms} take refit work",
+                f"a refit's PyTorch work runs on {partition.refit_sms} of {partition.total_sms} SMs",
                 extra={"stage": "serve"},
             )
         source_program = reference = None

@@ -11,7 +11,7 @@ A refit that fails or misses its tolerances is never promoted, so what serves is
 nothing to roll back. The price is a second copy of every engine and weight on the device, and a second
 priming refit at start-up (each copy's Refitters need their slow first refit).
 
-The serving copy runs on the high-priority serving stream, the standby on the low-priority refit stream
+The serving copy runs on the high-priority serving stream, the standby on the low-priority standby stream
 (serving/streams.py); `promote` swaps the streams with the copies. Before the standby's weights change,
 `load` waits for the GPU work already queued, which includes the last requests the copy served before it
 became the standby.
@@ -63,9 +63,8 @@ class StandbyPair:
         self._standby.apply(staged)
 
     def verify_run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The standby's outputs for the verification inputs, on the refit stream; outside the lock."""
-        with streams.refit_work(self.device):
-            return self._standby.infer(inputs)
+        """The standby's outputs for the verification inputs (run on the standby stream); outside the lock."""
+        return self._standby.infer(inputs)
 
     def promote(self) -> None:
         """The standby serves, the copy that served becomes the standby. Caller holds the lock inference
@@ -82,4 +81,4 @@ class StandbyPair:
         lock inference takes, or nothing serves yet."""
         if self.device.startswith("cuda"):
             self._serving.run_on(streams.serving_stream(self.device))
-            self._standby.run_on(streams.refit_stream(self.device))
+            self._standby.run_on(streams.standby_stream(self.device))

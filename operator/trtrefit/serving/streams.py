@@ -1,7 +1,7 @@
 """CUDA streams in a live server: inference (the serving copy's) on the highest priority PyTorch allows,
 refit work (copying new weights to the device, staging them, the verification reference, the standby
-copy's refit and verification run) on the lowest; optionally each on SMs of its own (serving/partition.py,
-`trtrefit serve --refit-sms`).
+copy's refit and verification run) on the lowest; optionally a refit's PyTorch work on SMs of its own
+(serving/partition.py, `trtrefit serve --refit-sms`).
 
 A stream of its own alone did not help requests (bench/results/hot_refit.md): at equal priority the GPU's
 block scheduler serves kernels first come, first served, so a request waited behind refit kernels already
@@ -39,25 +39,32 @@ def _priorities() -> tuple[int, int]:
 
 
 def serving_stream(device: str) -> torch.cuda.Stream:
-    partition = _PARTITIONS.get(device)
-    return partition.serving if partition else _whole_gpu_stream(device, _priorities()[1])
+    """The serving copy's inference, engines included: the highest priority, every SM."""
+    return _whole_gpu_stream(device, _priorities()[1])
+
+
+def standby_stream(device: str) -> torch.cuda.Stream:
+    """The standby copy's refit and verification run (its engines): the lowest priority, every SM."""
+    return _whole_gpu_stream(device, _priorities()[0])
 
 
 def refit_stream(device: str) -> torch.cuda.Stream:
+    """A refit's PyTorch work (copies to the device, staging, the reference): the lowest priority, on SMs
+    of its own when `use_partition` split them."""
     partition = _PARTITIONS.get(device)
     return partition.refit if partition else _whole_gpu_stream(device, _priorities()[0])
 
 
 def use_partition(device: str, refit_sms: int | None) -> Partition | None:
-    """From now on, refit work on `refit_sms` SMs of its own and serving on the rest (serving/partition.py),
-    or both streams on the whole GPU again (None). Only the streams asked for afterwards change: the
-    server sets it before loading, the benchmark under the lock inference takes."""
+    """From now on, a refit's PyTorch work on `refit_sms` SMs of its own (serving/partition.py), or on the
+    whole GPU again (None). Only the streams asked for afterwards change: the server sets it before
+    loading, the benchmark between refits."""
     if refit_sms is None:
         _PARTITIONS.pop(device, None)
         return None
     from trtrefit.serving.partition import split
 
-    _PARTITIONS[device] = split(device, refit_sms, _priorities())
+    _PARTITIONS[device] = split(device, refit_sms, _priorities()[0])
     return _PARTITIONS[device]
 
 
