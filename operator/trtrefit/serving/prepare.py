@@ -1,13 +1,14 @@
-"""Everything a refit does before it takes the lock, while requests keep flowing: fetch the checkpoint and
+"""Everything a refit does before it touches an engine, while requests keep flowing: fetch the checkpoint and
 the verification inputs, check names, shapes, dtypes and finiteness, stage the weights on the device and
 compute the reference outputs (the source program with the new weights, IEEE fp32).
 
 A PINNED checkpoint is hashed and compared before anything parses it. An unpinned local one is only
 reported, so its digest is computed on a thread of its own while it is parsed, checked and staged, and
-waited for before the lock (storage.PendingDigest says what that cannot detect). A local file this process
-already hashed and that is unchanged since is not hashed again (worker/digests.py); its identity is checked
-again after parsing. On a GPU the weights go to the device once, through page-locked memory on the
-low-priority refit stream (serving/streams.py), for both the engines' staging and the reference.
+waited for before the weights are applied (storage.PendingDigest says what that cannot detect). A local
+file this process already hashed and that is unchanged since is not hashed again (worker/digests.py); its
+identity is checked again after parsing. On a GPU the weights go to the device once, through page-locked
+memory on the low-priority refit stream (serving/streams.py), for both the engines' staging and the
+reference.
 
 Nothing here touches what serves; every problem is a WorkerError naming the file and the problem.
 """
