@@ -139,3 +139,11 @@ def test_unreadable_files_are_named(bundle: Bundle, tmp_path: Path) -> None:
         result = subprocess.run(base + args, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 2, result.stderr
         assert str(missing) in result.stderr and "cannot read it" in result.stderr
+
+
+def test_a_refit_sms_count_below_one_is_refused(bundle: Bundle) -> None:
+    base = [sys.executable, "-m", "trtrefit.cli", "serve", "--model-name", NAME]
+    args = ["--request", bundle.request("a").wire(), "--refit-sms", "0"]
+    result = subprocess.run(base + args, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--refit-sms 0: give a number of SMs, 1 or more" in result.stderr

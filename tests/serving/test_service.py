@@ -38,6 +38,27 @@ def test_start_serves_the_checkpoint_verified(model: ServingModel, bundle: Bundl
     assert [m.shape for m in model.inputs] == [SHAPE] and [m.shape for m in model.outputs] == [(4, 10)]
 
 
+def test_start_verifies_both_copies_and_a_refit_swaps_them(model: ServingModel, bundle: Bundle) -> None:
+    """Start-up refits and verifies both copies to A; a refit to B goes to the standby, which is then
+    promoted, while the copy that served keeps A untouched (it becomes the standby)."""
+    loaded = model._loaded
+    assert loaded is not None
+    pair = loaded.live
+    serving, standby = pair.serving, pair.standby
+    assert serving is not standby
+    want_a = eager(bundle.checkpoints["a"])(X)
+    assert close(serving.infer([X])[0], want_a) and close(standby.infer([X])[0], want_a)
+    assert model.refit(bundle.request("b", key="bbbb0000")).outcome == Outcome.PASSED
+    assert pair.serving is standby and pair.standby is serving
+    assert close(pair.serving.infer([X])[0], eager(bundle.checkpoints["b"])(X))
+    assert close(pair.standby.infer([X])[0], want_a), "the copy that served was not touched"
+
+
+def test_refit_sms_needs_a_gpu(bundle: Bundle, tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match=r"^--refit-sms 16: the program runs on cpu, not a GPU$"):
+        ServingModel("cnn", tmp_path, refit_sms=16).start(bundle.request("a"))
+
+
 def test_hot_refit_switches_and_reports_every_stage(model: ServingModel, bundle: Bundle) -> None:
     result = model.refit(bundle.request("b", key="bbbb0000"))
     assert result.outcome == Outcome.PASSED, result.message
@@ -79,7 +100,7 @@ def _bad_requests(bundle: Bundle, tmp: Path) -> dict[str, tuple[Any, str]]:
         "constant outputs",
     ],
 )
-def test_bad_input_rolls_back_and_the_old_weights_keep_serving(
+def test_bad_input_is_refused_and_the_old_weights_keep_serving(
     model: ServingModel, bundle: Bundle, tmp_path: Path, case: str
 ) -> None:
     before = model.state()

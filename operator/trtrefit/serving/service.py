@@ -96,6 +96,7 @@ class ServingModel:
         self._served: ServedCheckpoint | None = None
         self._last: RefitResult | None = None
         self._stopping = False
+        self._started = False  # both copies verified: start() returned
         self.inputs: list[TensorMeta] = []
         self.outputs: list[TensorMeta] = []
         self._versions = {"trtrefit": __version__, "python": platform.python_version()}
@@ -120,6 +121,8 @@ class ServingModel:
                 if second.outcome != Outcome.PASSED:
                     result = second
         self._record(result)
+        self._started = result.outcome == Outcome.PASSED
+        self.metrics.set_ready(self.ready)
         if result.outcome != Outcome.PASSED:
             raise StartupError(f"the first refit did not pass ({result.outcome.value}): {result.message}")
         return result
@@ -335,7 +338,7 @@ class ServingModel:
     # ---- state --------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._served is not None and not self._stopping
+        return self._started and self._served is not None and not self._stopping
 
     @property
     def stopping(self) -> bool:
