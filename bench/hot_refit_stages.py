@@ -2,9 +2,10 @@
 background thread repeats ONE piece of the server's refit at a time, as ServingModel runs it
 (serving/prepare.py, serving/streams.py):
 
-  check               load the checkpoint file, check names/shapes against the program and finiteness (CPU)
-  stage               copy the weights to the device (through page-locked memory) and live.stage them
-                      (plan + materialize every engine weight), on the low-priority refit stream
+  check               load the checkpoint file, check names/shapes against the program (CPU)
+  stage               copy the weights to the device (through page-locked memory), check finiteness there
+                      and live.stage them (plan + materialize every engine weight), on the low-priority
+                      refit stream
   reference           the server's reference: its own live copy of the source program on the GPU, the new
                       weights (already on the device) staged and applied to it, run in IEEE fp32 on the
                       refit stream
@@ -52,11 +53,12 @@ def attribute(
         path = files[turn.next()]
         checkpoint = load_checkpoint(path, str(path))
         check_compatible(live.expected_weights(), checkpoint.state, "checkpoint")
-        check_finite(checkpoint.state, "checkpoint")
 
     def do_stage() -> None:
         with streams.refit_work(device):
-            live.stage({name: streams.to_device(t, device) for name, t in states[turn.next()].items()})
+            weights = {name: streams.to_device(t, device) for name, t in states[turn.next()].items()}
+            check_finite(weights, "checkpoint")
+            live.stage(weights)
 
     def do_reference() -> None:
         with streams.refit_work(device), exact_fp32(device):

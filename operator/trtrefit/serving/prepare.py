@@ -1,6 +1,7 @@
 """Everything a refit does before it touches an engine, while requests keep flowing: fetch the checkpoint and
-the verification inputs, check names, shapes, dtypes and finiteness, stage the weights on the device and
-compute the reference outputs (the source program with the new weights, IEEE fp32).
+the verification inputs, check names, shapes and dtypes, copy the weights to the device and check their
+finiteness there, stage them and compute the reference outputs (the source program with the new weights,
+IEEE fp32).
 
 A PINNED checkpoint is hashed and compared before anything parses it. An unpinned local one is only
 reported, so its digest is computed on a thread of its own while it is parsed, checked and staged, and
@@ -76,7 +77,6 @@ def prepare(
             label = f"checkpoint {request.checkpoint.uri}"
             checkpoint = load_checkpoint(checkpoint_file.path, request.checkpoint.uri)
             check_compatible(live.expected_weights(), checkpoint.state, label)
-            check_finite(checkpoint.state, label)
             if isinstance(checkpoint_file, Fetched):
                 checkpoint_file.check_unchanged()  # what was parsed is what was hashed
             file = (inputs_file.path, inputs_file.uri) if inputs_file else None
@@ -89,6 +89,7 @@ def prepare(
         with progress.stage("stage"), streams.refit_work(live.device):
             # One copy to the device, shared by the engines' staging and the reference (read-only in both).
             weights = {name: streams.to_device(t, live.device) for name, t in checkpoint.state.items()}
+            check_finite(weights, label)  # on the device when there is one: no CPU pass over every weight
             staged = live.stage(weights)
         with progress.stage("reference"), streams.refit_work(live.device):
             expected = _expected_outputs(
@@ -143,12 +144,15 @@ def _digest_if_known(file: Fetched | PendingDigest) -> CheckpointDigest | None:
 
 
 def check_finite(state: Mapping[str, torch.Tensor], label: str) -> None:
-    """Refuse NaN/inf weights before they get anywhere near the engine."""
+    """Refuse NaN/inf weights before they get anywhere near the engine. One answer for all tensors (one
+    synchronization on a GPU, not one per weight)."""
     import torch
 
-    bad = sorted(
-        name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    )
+    floats = [(name, t) for name, t in state.items() if t.is_floating_point()]
+    if not floats:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
+    bad = sorted(name for (name, _), ok in zip(floats, finite, strict=True) if not ok)
     if bad:
         names = ", ".join(f"'{n}'" for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise WorkerError(f"{label}: non-finite values (NaN/inf) in {names}")

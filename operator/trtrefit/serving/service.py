@@ -88,7 +88,7 @@ class ServingModel:
     ) -> None:
         self.name = name
         self._workdir = workdir
-        self._refit_sms = refit_sms  # SMs kept for refit work (serving/partition.py); None: all shared
+        self._refit_sms = refit_sms  # SMs for a refit's PyTorch work (serving/partition.py); None: all
         self.metrics = metrics or ServingMetrics(name)
         self._lock = threading.Lock()  # the one lock inference and the promotion of a verified refit share
         self._gate = RefitGate()
