@@ -219,7 +219,7 @@ def markdown(r: dict[str, Any]) -> str:
          ip["bump_to_all_serving_s"], "<= 2 s"),
         ("InPlace: bump -> TRTModel Ready", ip["bump_to_ready_s"], "-"),
         ("InPlace: one pod's refit, fetch to verified (its own timings)", ip["pod_refit_total_s"], "-"),
-        ("InPlace: one pod's lock held (apply + verify)", ip["pod_refit_lock_s"], "-"),
+        ("InPlace: one pod's lock held (the swap to its verified standby copy)", ip["pod_refit_lock_s"], "-"),
         ("Restart: bump -> every pod on the new engine (`restart_bump_to_all_serving_s`)",
          rs["restart_bump_to_all_serving_s"], "-"),
     ]  # fmt: skip
