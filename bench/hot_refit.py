@@ -24,8 +24,8 @@ own `ServingModel` (serving/service.py) the way the HTTP layer does, artifacts o
               exactly A's or B's output (never a mix, never an error): failed_requests. Repeated with
               the serving stream at the refit stream's (default) priority, and with the interpreter's
               GIL switch interval at 0.5 ms, and with pageable copies, to attribute what is left; and
-              with the GPU's SMs split between serving and refit work (`refit_sms_N`, each with an idle
-              phase of its own: serving then has fewer SMs).
+              with a refit's PyTorch work on N SMs of its own (`refit_sms_N`, each with an idle phase
+              of its own).
   fresh job   a subprocess `python -m trtrefit.worker refit` (the refit Job's command) to B, wall time.
   recompile   torch_tensorrt.dynamo.compile of the source program carrying B, in this (warm) process.
 
@@ -462,7 +462,7 @@ def split_sms(
     *,
     variant: str,
 ) -> dict[str, Any]:
-    """Idle, then refitting, with refit work on N SMs of its own and serving on the rest (--refit-sms N);
+    """Idle, then refitting, with a refit's PyTorch work on N SMs of its own (--refit-sms N);
     `refit_sms_N+switch_interval_0.5ms` with the GIL switch interval at 0.5 ms as well."""
     from hot_refit_stages import sms_split
 

@@ -106,8 +106,8 @@ def equal_priority(model: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def sms_split(model: Any, refit_sms: int) -> Iterator[Any]:
-    """Refit work on `refit_sms` SMs of its own, serving on the rest, for the block (`--refit-sms`);
-    switched under the server's lock between refits."""
+    """A refit's PyTorch work on `refit_sms` SMs of its own for the block (`--refit-sms`); switched under
+    the server's lock between refits."""
     from trtrefit.serving import streams
 
     pair = model._loaded.live

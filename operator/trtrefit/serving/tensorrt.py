@@ -14,7 +14,7 @@ the loaded module names them under their partition (`_run_on_gpu_3.W` for the ch
 `stage` does everything slow (check, plan with the worker's `trt_plan`, materialize every engine weight
 on the GPU) on the low-priority refit stream; `apply` only hands TensorRT pointers and refits. Inference,
 the engines included, runs on the stream `run_on` gives: the high-priority serving stream for the copy
-that serves, the refit stream for the standby copy that takes the refit (serving/standby.py).
+that serves, the low-priority standby stream for the copy that takes the refit (serving/standby.py).
 """
 
 from __future__ import annotations
@@ -215,9 +215,8 @@ class TensorRTLive:
             engine.primed = True
 
     def _refit(self, refitter: Any) -> bool:
-        """Refit on this copy's stream (the standby's: low priority, and its own SMs when they are split),
-        finished when this returns; TensorRT's synchronous call would queue its kernels on the default
-        stream, at default priority, on every SM."""
+        """Refit on this copy's stream (the standby's: low priority), finished when this returns;
+        TensorRT's synchronous call would queue its kernels on the default stream, at default priority."""
         refit_async = getattr(refitter, "refit_cuda_engine_async", None)
         if refit_async is None:
             return bool(refitter.refit_cuda_engine())
