@@ -54,6 +54,30 @@ def test_start_verifies_both_copies_and_a_refit_swaps_them(model: ServingModel, 
     assert close(pair.standby.infer([X])[0], want_a), "the copy that served was not touched"
 
 
+def test_start_up_prepares_the_checkpoint_once_for_both_copies(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fetch, check and reference at start-up, staged into each copy (a spy on prepare, which still
+    runs for real)."""
+    from trtrefit.serving import service
+
+    calls: list[str] = []
+    real = service.prepare  # type: ignore[attr-defined]  # what the module calls, imported there
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append("prepare")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "prepare", counted)
+    model = ServingModel("cnn", tmp_path)
+    model.start(bundle.request("a", key="aaaa0000"))
+    assert calls == ["prepare"] and model.ready
+    loaded = model._loaded
+    assert loaded is not None
+    want = eager(bundle.checkpoints["a"])(X)
+    assert close(loaded.live.serving.infer([X])[0], want) and close(loaded.live.standby.infer([X])[0], want)
+
+
 def test_refit_sms_needs_a_gpu(bundle: Bundle, tmp_path: Path) -> None:
     with pytest.raises(StartupError, match=r"^--refit-sms 16: the program runs on cpu, not a GPU$"):
         ServingModel("cnn", tmp_path, refit_sms=16).start(bundle.request("a"))

@@ -56,6 +56,7 @@ FETCH_RETRY = Retry(attempts=3, first_delay_s=0.2)
 class Prepared:
     checkpoint: CheckpointDigest
     staged: Staged
+    weights: Mapping[str, torch.Tensor]  # the checkpoint on the device, as staged (start-up stages it twice)
     inputs: list[torch.Tensor]
     expected: list[torch.Tensor]
     note: str  # "; inputs generated from the program signature ..." when the request named no inputs
@@ -99,7 +100,7 @@ def prepare(
         raise PrepareError(exc.message, _digest_if_known(checkpoint_file)) from exc
     with progress.stage("digest"):  # the wait for an unpinned checkpoint's digest; 0 when pinned
         digest = _digest(checkpoint_file)
-    return Prepared(digest, staged, inputs, expected, signature_note(request, generated))
+    return Prepared(digest, staged, weights, inputs, expected, signature_note(request, generated))
 
 
 class PrepareError(WorkerError):

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,11 +115,7 @@ class ServingModel:
                 self._loaded = self._load(request)
             except WorkerError as exc:
                 raise StartupError(redact_text(exc.message, _uris(request))) from exc
-            result = self._refit(request, Progress())
-            if result.outcome == Outcome.PASSED:
-                second = self._refit(request, Progress())  # the other copy, now the standby
-                if second.outcome != Outcome.PASSED:
-                    result = second
+            result = self._refit(request, Progress(), both_copies=True)
         self._record(result)
         self._started = result.outcome == Outcome.PASSED
         self.metrics.set_ready(self.ready)
@@ -189,7 +185,9 @@ class ServingModel:
             self._last = result
         self.metrics.refit(result.outcome.value, result.timings)
 
-    def _refit(self, request: RefitRequest, progress: Progress) -> RefitResult:
+    def _refit(self, request: RefitRequest, progress: Progress, *, both_copies: bool = False) -> RefitResult:
+        """Prepare, apply to the standby, verify, promote. With `both_copies` (start-up), the other copy
+        too, from the same fetched and checked weights; the first copy's result unless the second fails."""
         loaded = self._loaded
         if loaded is None:
             return self._result(request, Outcome.ERROR, "the server has loaded no engine yet", progress)
@@ -203,7 +201,23 @@ class ServingModel:
             return self._result(request, Outcome.ERROR, exc.message, progress, checkpoint=exc.checkpoint)
         except WorkerError as exc:
             return self._result(request, Outcome.ERROR, exc.message, progress)
-        return self._apply_and_verify(request, loaded, prepared, progress)
+        result = self._apply_and_verify(request, loaded, prepared, progress)
+        if not both_copies or result.outcome != Outcome.PASSED:
+            return result
+        again = self._refit_the_other_copy(request, loaded, prepared)
+        return result if again.outcome == Outcome.PASSED else again
+
+    def _refit_the_other_copy(
+        self, request: RefitRequest, loaded: _Loaded, prepared: Prepared
+    ) -> RefitResult:
+        """The copy that served until the promotion just made, now the standby, to the same weights."""
+        progress = Progress()
+        try:
+            with progress.stage("stage"), streams.refit_work(loaded.live.device):
+                staged = loaded.live.stage(prepared.weights)
+        except WorkerError as exc:
+            return self._result(request, Outcome.ERROR, exc.message, progress, checkpoint=prepared.checkpoint)
+        return self._apply_and_verify(request, loaded, replace(prepared, staged=staged), progress)
 
     def _apply_and_verify(
         self, request: RefitRequest, loaded: _Loaded, prepared: Prepared, progress: Progress
