@@ -87,11 +87,8 @@ def prepare(
                 signature = program_signature(checkpoint.program)
             generated = verification_inputs(request.verify, file, signature)
             inputs = generated.tensors
-        with progress.stage("stage"), streams.refit_work(live.device):
-            # One copy to the device, shared by the engines' staging and the reference (read-only in both).
-            weights = {name: streams.to_device(t, live.device) for name, t in checkpoint.state.items()}
-            check_finite(weights, label)  # on the device when there is one: no CPU pass over every weight
-            staged = live.stage(weights)
+        with progress.stage("stage"):
+            staged, weights = _to_device_and_stage(live, checkpoint.state, label)
         with progress.stage("reference"), streams.refit_work(live.device):
             expected = _expected_outputs(
                 reference, weights, checkpoint.program, inputs, request=request, device=live.device
@@ -101,6 +98,23 @@ def prepare(
     with progress.stage("digest"):  # the wait for an unpinned checkpoint's digest; 0 when pinned
         digest = _digest(checkpoint_file)
     return Prepared(digest, staged, weights, inputs, expected, signature_note(request, generated))
+
+
+def _to_device_and_stage(
+    live: StandbyPair, state: Mapping[str, torch.Tensor], label: str
+) -> tuple[Staged, dict[str, torch.Tensor]]:
+    """One copy of the checkpoint to the device, shared by the engines' staging and the reference
+    (read-only in both), checked for finiteness there (no CPU pass over every weight), and staged."""
+    with streams.refit_work(live.device):
+        weights = {name: streams.to_device(t, live.device) for name, t in state.items()}
+        check_finite(weights, label)
+        return live.stage(weights), weights
+
+
+def stage_for_standby(live: StandbyPair, weights: Mapping[str, torch.Tensor]) -> Staged:
+    """`weights` (already on the device) staged for the standby copy, on the refit stream."""
+    with streams.refit_work(live.device):
+        return live.stage(weights)
 
 
 class PrepareError(WorkerError):

@@ -31,7 +31,7 @@ from trtrefit.serving.backends import open_live
 from trtrefit.serving.exported import ExportedLive
 from trtrefit.serving.gate import RefitGate, SupersededError
 from trtrefit.serving.metrics import ServingMetrics
-from trtrefit.serving.prepare import FETCH_RETRY, Prepared, PrepareError, prepare
+from trtrefit.serving.prepare import FETCH_RETRY, Prepared, PrepareError, prepare, stage_for_standby
 from trtrefit.serving.standby import StandbyPair
 from trtrefit.worker import programs
 from trtrefit.worker.backends import detect
@@ -213,8 +213,8 @@ class ServingModel:
         """The copy that served until the promotion just made, now the standby, to the same weights."""
         progress = Progress()
         try:
-            with progress.stage("stage"), streams.refit_work(loaded.live.device):
-                staged = loaded.live.stage(prepared.weights)
+            with progress.stage("stage"):
+                staged = stage_for_standby(loaded.live, prepared.weights)
         except WorkerError as exc:
             return self._result(request, Outcome.ERROR, exc.message, progress, checkpoint=prepared.checkpoint)
         return self._apply_and_verify(request, loaded, replace(prepared, staged=staged), progress)
