@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", default="", help="comma-separated subset of " + ", ".join(VARIANTS) + " (default: all)"
     )
+    parser.add_argument(
+        "--attribute-split",
+        default="",
+        metavar="refit_sms_N[+engines]",
+        help="also measure the load beside each refit stage with the GPU split that way",
+    )
     parser.add_argument("--no-job", action="store_true", help="skip the fresh-process refit Job")
     parser.add_argument("--no-recompile", action="store_true")
     parser.add_argument("--commit", default=os.environ.get("TRTREFIT_COMMIT", "unknown"))
@@ -312,8 +318,7 @@ def bench_serving(
     out["refitting_variants"] = guarded(lambda: variants(model, inputs, served, requests, args))
     save()
     if args.attribute_s > 0:
-        out["load_beside_one_stage"] = guarded(lambda: attribute_stages(model, root, inputs, served, args))
-        save()
+        attributions(model, root, inputs, served, args, out=out, save=save)
 
 
 def copies_alike(model: Any, inputs: list[Any], serving: list[Any]) -> bool:
@@ -398,6 +403,7 @@ VARIANTS = (
     "one_client",
     "refit_sms_16",
     "refit_sms_32",
+    "refit_sms_16+engines",
 )
 
 
@@ -406,7 +412,7 @@ def variants(
 ) -> dict[str, Any]:
     """The refitting phase again with one thing changed: what the priorities, the copies, the GIL and the
     second client account for."""
-    from hot_refit_stages import equal_priority
+    from hot_refit_stages import equal_priority, switch_interval
     from trtrefit.serving import streams
 
     wanted = set(args.variants.split(",")) if args.variants else set(VARIANTS)
@@ -426,12 +432,8 @@ def variants(
             streams.PAGE_LOCKED_COPIES = True
     if "switch_interval_0.5ms" in wanted:
         log(f"refitting, GIL switch interval {SWITCH_INTERVAL_S * 1000} ms")
-        saved = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        try:
+        with switch_interval(SWITCH_INTERVAL_S):
             found["switch_interval_0.5ms"] = refitting_phase(model, inputs, served, requests, args)
-        finally:
-            sys.setswitchinterval(saved)
     if "one_client" in wanted:
         # With one client no request queues behind another's after the lock: what is left is the lock.
         log("one client: idle, then refitting")
@@ -463,31 +465,65 @@ def split_sms(
     variant: str,
 ) -> dict[str, Any]:
     """Idle, then refitting, with a refit's PyTorch work on N SMs of its own (--refit-sms N);
-    `refit_sms_N+switch_interval_0.5ms` with the GIL switch interval at 0.5 ms as well."""
-    from hot_refit_stages import sms_split
+    `refit_sms_N+engines` with the standby's engines there too and the serving copy on the other SMs;
+    `+switch_interval_0.5ms` with the GIL switch interval at 0.5 ms as well."""
+    from hot_refit_stages import sms_split, switch_interval
 
-    split, _, switch = variant.partition("+")
+    split, *extras = variant.split("+")
     refit_sms = int(split.removeprefix("refit_sms_"))
-    log(f"refit work on {refit_sms} SMs of its own{' and ' + switch if switch else ''}: idle, then refitting")
-    saved = sys.getswitchinterval()
-    try:
-        if switch:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
-        with sms_split(model, refit_sms) as partition:
-            idle = Load(model, inputs, served, args.think_ms / 1000).run(args.clients, args.load_s, None)
-            during = refitting_phase(model, inputs, served, requests, args)
-    finally:
-        sys.setswitchinterval(saved)
+    log(f"refit work on {refit_sms} SMs of its own {extras}: idle, then refitting")
+    switch = SWITCH_INTERVAL_S if "switch_interval_0.5ms" in extras else None
+    with switch_interval(switch), sms_split(model, refit_sms, engines="engines" in extras) as partition:
+        # the serving copy on fewer SMs (with +engines) must still answer bit for bit what it did
+        outputs = host(model.infer(inputs))
+        same_as_whole_gpu = any(same(outputs, reference) for reference in served.values())
+        idle = Load(model, inputs, served, args.think_ms / 1000).run(args.clients, args.load_s, None)
+        during = refitting_phase(model, inputs, served, requests, args)
     lock_ms = during["refit_lock_ms_median"]
     return during | {
         "total_sms": partition.total_sms,
         "refit_sms": partition.refit_sms,
+        "serving_sms": partition.serving_sms or partition.total_sms,
+        "outputs_bitwise_as_on_the_whole_gpu": same_as_whole_gpu,
         "idle_p50_ms": idle["p50_ms"],
         "idle_p99_ms": idle["p99_ms"],
         "idle_requests": idle["requests"],
         "idle_failed": idle["failed"],
         "p99_le_idle_plus_lock": lock_ms is not None and during["p99_ms"] <= idle["p99_ms"] + lock_ms,
     }
+
+
+def attributions(
+    model: Any,
+    root: Path,
+    inputs: list[Any],
+    served: dict[str, list[Any]],
+    args: argparse.Namespace,
+    *,
+    out: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """The load beside each refit stage alone; again in the split --attribute-split names."""
+    where = (model, root, inputs, served, args)
+    out["load_beside_one_stage"] = guarded(lambda: attribute_stages(*where))
+    save()
+    if args.attribute_split and model._loaded.live.device.startswith("cuda"):
+        out["load_beside_one_stage_split"] = guarded(lambda: attribute_split(*where))
+        save()
+
+
+def attribute_split(
+    model: Any, root: Path, inputs: list[Any], served: dict[str, list[Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """attribute_stages with the GPU split as --attribute-split says, and the idle load in that split."""
+    from hot_refit_stages import sms_split
+
+    split, *extras = args.attribute_split.split("+")
+    with sms_split(model, int(split.removeprefix("refit_sms_")), engines="engines" in extras) as partition:
+        idle = Load(model, inputs, served, args.think_ms / 1000).run(args.clients, args.attribute_s, None)
+        del idle["refit_timings"]
+        found = attribute_stages(model, root, inputs, served, args)
+    return found | {"split": args.attribute_split, "idle": idle, "serving_sms": partition.serving_sms}
 
 
 def attribute_stages(
@@ -764,6 +800,7 @@ def render(result: dict[str, Any]) -> str:
         ]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     lines += render_stages(models)
+    lines += render_stages(models, "load_beside_one_stage_split")
     lines += ["", "Targets (DESIGN.md):", ""]
     for name, m in models.items():
         target = TARGETS.get(name)
@@ -819,11 +856,15 @@ def render_variants(models: dict[str, Any]) -> list[str]:
     for name in names:
         for variant, got in models[name]["refitting_variants"].items():
             if isinstance(got, dict) and "idle_p99_ms" in got:  # a variant with an idle phase of its own
-                split = (
-                    f" (a refit's PyTorch work on {got['refit_sms']} of {got['total_sms']} SMs)"
-                    if "refit_sms" in got
-                    else ""
-                )
+                split = ""
+                if got.get("serving_sms", got.get("total_sms")) != got.get("total_sms"):
+                    split = (
+                        f" (a refit, the standby's engines included, on {got['refit_sms']} SMs; serving on "
+                        f"{got['serving_sms']} of {got['total_sms']}; outputs bitwise as on the whole GPU: "
+                        f"{got.get('outputs_bitwise_as_on_the_whole_gpu')})"
+                    )
+                elif "refit_sms" in got:
+                    split = f" (a refit's PyTorch work on {got['refit_sms']} of {got['total_sms']} SMs)"
                 lines.append(
                     f"\n{name}, {variant}{split}: inference p99 idle {got.get('idle_p99_ms')} ms, while "
                     f"refitting {got.get('p99_ms')} ms, lock {got.get('refit_lock_ms_median')} ms: "
@@ -839,23 +880,32 @@ def render_variants(models: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_stages(models: dict[str, Any]) -> list[str]:
-    """Inference p99 with one refit stage repeating beside it, and that stage's own time."""
-    names = [n for n, m in models.items() if m.get("load_beside_one_stage")]
+def render_stages(models: dict[str, Any], key: str = "load_beside_one_stage") -> list[str]:
+    """Inference p99 with one refit stage repeating beside it, and that stage's own time; with
+    `load_beside_one_stage_split`, in the split --attribute-split named."""
+    names = [n for n, m in models.items() if m.get(key)]
     if not names:
         return []
+    title = "Inference beside ONE refit stage repeated in a loop"
+    if key != "load_beside_one_stage":
+        got = models[names[0]][key]
+        title += f", the GPU split as {got.get('split')} (idle p99 in that split: " + ", ".join(
+            f"{n} {models[n][key].get('idle', {}).get('p99_ms')} ms" for n in names
+        )
+        title += ")"
     lines = [
         "",
-        "Inference beside ONE refit stage repeated in a loop (p99 ms / max ms; the stage's own median ms):",
+        title + " (p99 ms / max ms; the stage's own median ms):",
         "",
         "| stage | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    stages = list(dict.fromkeys(k for n in names for k in models[n]["load_beside_one_stage"]))
+    skip = {"split", "idle", "serving_sms"}
+    stages = list(dict.fromkeys(k for n in names for k in models[n][key] if k not in skip))
     for stage in stages:
         cells = []
         for name in names:
-            got = models[name]["load_beside_one_stage"].get(stage, {})
+            got = models[name][key].get(stage, {})
             if not isinstance(got, dict):  # a failed diagnostic: its error
                 cells.append(str(got))
                 continue

@@ -3,6 +3,9 @@ background thread repeats ONE piece of the server's refit at a time, as ServingM
 (serving/prepare.py, serving/streams.py):
 
   check               load the checkpoint file, check names/shapes against the program (CPU)
+  check_by_tensor     the same, the file read one tensor at a time (safe_open) instead of in one call
+                      (load_file), which holds the interpreter lock throughout; `_si_0.5ms` with the GIL
+                      switch interval at 0.5 ms, so a request thread waits at most about that long
   stage               copy the weights to the device (through page-locked memory), check finiteness there
                       and live.stage them (plan + materialize every engine weight), on the low-priority
                       refit stream
@@ -20,6 +23,7 @@ It reaches into ServingModel's loaded program and lock (private attributes): a m
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +35,7 @@ def attribute(
 ) -> dict[str, Any]:
     """p50/p99/max inference latency (ms) and the piece's own median seconds, per piece; `load(piece)` runs
     the client load while a thread repeats `piece` (pausing `pause_s` between two runs)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from trtrefit.serving import streams
@@ -54,6 +59,12 @@ def attribute(
         checkpoint = load_checkpoint(path, str(path))
         check_compatible(live.expected_weights(), checkpoint.state, "checkpoint")
 
+    def do_check_by_tensor() -> None:
+        path = files[turn.next()]
+        with safe_open(str(path), framework="pt") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118  # not a dict
+        check_compatible(live.expected_weights(), state, "checkpoint")
+
     def do_stage() -> None:
         with streams.refit_work(device):
             weights = {name: streams.to_device(t, device) for name, t in states[turn.next()].items()}
@@ -73,6 +84,11 @@ def attribute(
 
     found = {
         "check": load(do_check, 0.0),
+        "check_by_tensor": load(do_check_by_tensor, 0.0),
+    }
+    with switch_interval(0.0005):
+        found["check_by_tensor_si_0.5ms"] = load(do_check_by_tensor, 0.0)
+    found |= {
         "stage": load(do_stage, 0.0),
         "reference": load(do_reference, 0.0),
     }
@@ -105,14 +121,27 @@ def equal_priority(model: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sms_split(model: Any, refit_sms: int) -> Iterator[Any]:
-    """A refit's PyTorch work on `refit_sms` SMs of its own for the block (`--refit-sms`); switched under
-    the server's lock between refits."""
+def switch_interval(seconds: float | None) -> Iterator[None]:
+    """The GIL switch interval at `seconds` for the block (None: left as it is)."""
+    saved = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+
+
+@contextlib.contextmanager
+def sms_split(model: Any, refit_sms: int, *, engines: bool = False) -> Iterator[Any]:
+    """A refit's PyTorch work (with `engines`, the standby's engines too, and the serving copy on the other
+    SMs) on `refit_sms` SMs of its own for the block (`--refit-sms`); switched under the server's lock
+    between refits."""
     from trtrefit.serving import streams
 
     pair = model._loaded.live
     with model._lock:
-        partition = streams.use_partition(pair.device, refit_sms)
+        partition = streams.use_partition(pair.device, refit_sms, engines=engines)
         pair.place_streams()
     try:
         yield partition

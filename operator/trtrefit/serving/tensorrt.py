@@ -220,7 +220,8 @@ class TensorRTLive:
         refit_async = getattr(refitter, "refit_cuda_engine_async", None)
         if refit_async is None:
             return bool(refitter.refit_cuda_engine())
-        done = bool(refit_async(self._stream.cuda_stream))
+        with streams.entered(self._stream):
+            done = bool(refit_async(self._stream.cuda_stream))
         self._stream.synchronize()
         return done
 
