@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--attribute-split",
         default="",
-        metavar="refit_sms_N[+engines]",
-        help="also measure the load beside each refit stage with the GPU split that way",
+        metavar="refit_sms_N",
+        help="also measure the load beside each refit stage with a refit's PyTorch work on N SMs",
     )
     parser.add_argument("--no-job", action="store_true", help="skip the fresh-process refit Job")
     parser.add_argument("--no-recompile", action="store_true")
@@ -403,7 +403,6 @@ VARIANTS = (
     "one_client",
     "refit_sms_16",
     "refit_sms_32",
-    "refit_sms_16+engines",
 )
 
 
@@ -465,26 +464,19 @@ def split_sms(
     variant: str,
 ) -> dict[str, Any]:
     """Idle, then refitting, with a refit's PyTorch work on N SMs of its own (--refit-sms N);
-    `refit_sms_N+engines` with the standby's engines there too and the serving copy on the other SMs;
-    `+switch_interval_0.5ms` with the GIL switch interval at 0.5 ms as well."""
+    `refit_sms_N+switch_interval_0.5ms` with the GIL switch interval at 0.5 ms as well."""
     from hot_refit_stages import sms_split, switch_interval
 
-    split, *extras = variant.split("+")
+    split, _, switch = variant.partition("+")
     refit_sms = int(split.removeprefix("refit_sms_"))
-    log(f"refit work on {refit_sms} SMs of its own {extras}: idle, then refitting")
-    switch = SWITCH_INTERVAL_S if "switch_interval_0.5ms" in extras else None
-    with switch_interval(switch), sms_split(model, refit_sms, engines="engines" in extras) as partition:
-        # the serving copy on fewer SMs (with +engines) must still answer bit for bit what it did
-        outputs = host(model.infer(inputs))
-        same_as_whole_gpu = any(same(outputs, reference) for reference in served.values())
+    log(f"refit work on {refit_sms} SMs of its own{' and ' + switch if switch else ''}: idle, then refitting")
+    with switch_interval(SWITCH_INTERVAL_S if switch else None), sms_split(model, refit_sms) as partition:
         idle = Load(model, inputs, served, args.think_ms / 1000).run(args.clients, args.load_s, None)
         during = refitting_phase(model, inputs, served, requests, args)
     lock_ms = during["refit_lock_ms_median"]
     return during | {
         "total_sms": partition.total_sms,
         "refit_sms": partition.refit_sms,
-        "serving_sms": partition.serving_sms or partition.total_sms,
-        "outputs_bitwise_as_on_the_whole_gpu": same_as_whole_gpu,
         "idle_p50_ms": idle["p50_ms"],
         "idle_p99_ms": idle["p99_ms"],
         "idle_requests": idle["requests"],
@@ -515,15 +507,15 @@ def attributions(
 def attribute_split(
     model: Any, root: Path, inputs: list[Any], served: dict[str, list[Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """attribute_stages with the GPU split as --attribute-split says, and the idle load in that split."""
+    """attribute_stages with a refit's PyTorch work on the SMs --attribute-split names, and the idle load
+    in that split."""
     from hot_refit_stages import sms_split
 
-    split, *extras = args.attribute_split.split("+")
-    with sms_split(model, int(split.removeprefix("refit_sms_")), engines="engines" in extras) as partition:
+    with sms_split(model, int(args.attribute_split.removeprefix("refit_sms_"))) as partition:
         idle = Load(model, inputs, served, args.think_ms / 1000).run(args.clients, args.attribute_s, None)
         del idle["refit_timings"]
         found = attribute_stages(model, root, inputs, served, args)
-    return found | {"split": args.attribute_split, "idle": idle, "serving_sms": partition.serving_sms}
+    return found | {"split": args.attribute_split, "idle": idle, "refit_sms": partition.refit_sms}
 
 
 def attribute_stages(
@@ -856,15 +848,11 @@ def render_variants(models: dict[str, Any]) -> list[str]:
     for name in names:
         for variant, got in models[name]["refitting_variants"].items():
             if isinstance(got, dict) and "idle_p99_ms" in got:  # a variant with an idle phase of its own
-                split = ""
-                if got.get("serving_sms", got.get("total_sms")) != got.get("total_sms"):
-                    split = (
-                        f" (a refit, the standby's engines included, on {got['refit_sms']} SMs; serving on "
-                        f"{got['serving_sms']} of {got['total_sms']}; outputs bitwise as on the whole GPU: "
-                        f"{got.get('outputs_bitwise_as_on_the_whole_gpu')})"
-                    )
-                elif "refit_sms" in got:
-                    split = f" (a refit's PyTorch work on {got['refit_sms']} of {got['total_sms']} SMs)"
+                split = (
+                    f" (a refit's PyTorch work on {got['refit_sms']} of {got['total_sms']} SMs)"
+                    if "refit_sms" in got
+                    else ""
+                )
                 lines.append(
                     f"\n{name}, {variant}{split}: inference p99 idle {got.get('idle_p99_ms')} ms, while "
                     f"refitting {got.get('p99_ms')} ms, lock {got.get('refit_lock_ms_median')} ms: "
@@ -889,7 +877,7 @@ def render_stages(models: dict[str, Any], key: str = "load_beside_one_stage") ->
     title = "Inference beside ONE refit stage repeated in a loop"
     if key != "load_beside_one_stage":
         got = models[names[0]][key]
-        title += f", the GPU split as {got.get('split')} (idle p99 in that split: " + ", ".join(
+        title += f", {got.get('split')} (idle p99 in that split: " + ", ".join(
             f"{n} {models[n][key].get('idle', {}).get('p99_ms')} ms" for n in names
         )
         title += ")"
@@ -900,7 +888,7 @@ def render_stages(models: dict[str, Any], key: str = "load_beside_one_stage") ->
         "| stage | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    skip = {"split", "idle", "serving_sms"}
+    skip = {"split", "idle", "refit_sms"}
     stages = list(dict.fromkeys(k for n in names for k in models[n][key] if k not in skip))
     for stage in stages:
         cells = []

@@ -133,15 +133,14 @@ def switch_interval(seconds: float | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sms_split(model: Any, refit_sms: int, *, engines: bool = False) -> Iterator[Any]:
-    """A refit's PyTorch work (with `engines`, the standby's engines too, and the serving copy on the other
-    SMs) on `refit_sms` SMs of its own for the block (`--refit-sms`); switched under the server's lock
-    between refits."""
+def sms_split(model: Any, refit_sms: int) -> Iterator[Any]:
+    """A refit's PyTorch work on `refit_sms` SMs of its own for the block (`--refit-sms`); switched under
+    the server's lock between refits."""
     from trtrefit.serving import streams
 
     pair = model._loaded.live
     with model._lock:
-        partition = streams.use_partition(pair.device, refit_sms, engines=engines)
+        partition = streams.use_partition(pair.device, refit_sms)
         pair.place_streams()
     try:
         yield partition

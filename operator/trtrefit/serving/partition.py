@@ -1,28 +1,21 @@
-"""SMs of the GPU kept for a refit (CUDA green contexts), so its kernels do not occupy the SMs requests
-need: stream priorities decide which waiting block starts next, not what already runs, and the
-reference's IEEE-fp32 GEMMs otherwise hold every SM for milliseconds (bench/results/hot_refit.md).
+"""SMs of the GPU kept for a refit's PyTorch work (CUDA green contexts): copying and staging the new
+weights and, above all, the reference, whose IEEE-fp32 GEMMs otherwise occupy every SM for milliseconds
+while requests wait for them (stream priorities decide which waiting block starts next, not what already
+runs: bench/results/hot_refit.md).
 
-Two ways, both behind `trtrefit serve --refit-sms N`:
+Only PyTorch work moves there. TensorRT's engines cannot run on a green context's stream: on TensorRT-RTX
+1.4 `enqueueV3` fails inside Myelin's cuDNN graph fusion and the outputs were wrong (measured on the H200,
+bench/results/gpu_tests_serving.junit.xml at ad243b9). So the serving copy and the standby copy's engines
+keep whole-GPU streams, and serving still has every SM: it shares only the `refit_sms` with the refit.
+Memory, L2 and the copy engines stay shared too.
 
-- `engines=False`: only a refit's PyTorch work (copying and staging the new weights, the reference)
-  runs on N SMs of its own; the engines of both copies keep whole-GPU streams.
-- `engines=True`: the standby copy's engines (its refit and verification run) join the refit work on
-  the N SMs, and the serving copy runs on the others, in a green context of its own. TensorRT runs
-  an engine with its stream's green context made current (`entered`): on a green context's stream
-  under the primary context, TensorRT-RTX 1.4's `enqueueV3` fails inside Myelin and the outputs were
-  wrong (bench/results/gpu_tests_green_context.junit.xml, commit ad243b9).
-
-Memory is shared with the primary context, so tensors and engines move freely between the two; memory
-bandwidth, L2 and the copy engines stay shared. Needs CUDA 12.4 or newer and `cuda-bindings` (torch
-depends on it on Linux); the driver rounds the count up to the GPU's SM granularity, and what was
-granted is reported.
+Needs CUDA 12.4 or newer and `cuda-bindings` (torch depends on it on Linux); the driver rounds the count
+up to the GPU's SM granularity, and what was granted is reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trtrefit.worker.errors import WorkerError
@@ -33,22 +26,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Partition:
-    """A stream whose kernels run only on `refit_sms` of the GPU's `total_sms` and, with `engines`, one on
-    the `serving_sms` left; `contexts` maps each stream's handle to its green context's CUcontext, and
-    keeps the green contexts alive as long as the streams are."""
+    """A stream whose kernels run only on `refit_sms` of the GPU's `total_sms`, and the green context that
+    keeps those SMs (alive as long as the stream is)."""
 
     refit: torch.cuda.ExternalStream
     refit_sms: int
     total_sms: int
-    serving: torch.cuda.ExternalStream | None = None
-    serving_sms: int = 0
-    contexts: dict[int, Any] = field(default_factory=dict)
-    green: tuple[Any, ...] = ()
+    context: Any  # CUgreenCtx
 
 
-def split(device: str, refit_sms: int, priorities: tuple[int, int], *, engines: bool = False) -> Partition:
-    """A refit stream at the lowest of `priorities` (lowest, highest) on `refit_sms` SMs (at least;
-    rounded up by the driver); with `engines`, a serving stream at the highest on the rest."""
+def split(device: str, refit_sms: int, priority: int) -> Partition:
+    """A stream at `priority` on `refit_sms` SMs (at least; rounded up by the driver)."""
     import torch
 
     try:
@@ -69,61 +57,20 @@ def split(device: str, refit_sms: int, priorities: tuple[int, int], *, engines: 
     total = int(whole.sm.smCount)
     if not 0 < refit_sms < total:
         raise WorkerError(f"--refit-sms {refit_sms}: the GPU has {total} SMs; give between 1 and {total - 1}")
-    groups, count, rest = _check(
+    groups, count, _rest = _check(
         driver.cuDevSmResourceSplitByCount(1, whole, 0, refit_sms), "cuDevSmResourceSplitByCount"
     )
-    if count != 1 or (engines and int(rest.sm.smCount) == 0):
+    if count != 1:
         raise WorkerError(f"--refit-sms {refit_sms}: the GPU's {total} SMs cannot be split that way")
-    lowest, highest = priorities
-    refit, refit_ctx, refit_green = _green_stream(driver, cudev, groups[0], lowest, index)
-    contexts, green = {refit.cuda_stream: refit_ctx}, [refit_green]
-    serving = None
-    if engines:
-        serving, serving_ctx, serving_green = _green_stream(driver, cudev, rest, highest, index)
-        contexts[serving.cuda_stream] = serving_ctx
-        green.append(serving_green)
-    return Partition(
-        refit=refit,
-        refit_sms=int(groups[0].sm.smCount),
-        total_sms=total,
-        serving=serving,
-        serving_sms=int(rest.sm.smCount) if engines else 0,
-        contexts=contexts,
-        green=tuple(green),
-    )
-
-
-def _green_stream(
-    driver: Any, cudev: Any, resource: Any, priority: int, index: int
-) -> tuple[torch.cuda.ExternalStream, Any, Any]:
-    """A stream at `priority` in a new green context on `resource`; with the context's CUcontext and the
-    green context itself."""
-    import torch
-
-    desc = _check(driver.cuDevResourceGenerateDesc([resource], 1), "cuDevResourceGenerateDesc")
+    desc = _check(driver.cuDevResourceGenerateDesc([groups[0]], 1), "cuDevResourceGenerateDesc")
     green = _check(
         driver.cuGreenCtxCreate(desc, cudev, driver.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM),
         "cuGreenCtxCreate",
     )
     flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
     handle = _check(driver.cuGreenCtxStreamCreate(green, flags, priority), "cuGreenCtxStreamCreate")
-    context = _check(driver.cuCtxFromGreenCtx(green), "cuCtxFromGreenCtx")
     stream = torch.cuda.ExternalStream(int(handle), device=torch.device("cuda", index))  # type: ignore[no-untyped-call]
-    return stream, context, green
-
-
-@contextmanager
-def entered(context: Any) -> Iterator[None]:
-    """`context` (a green context's CUcontext) current on this thread for the block. Only one thread at a
-    time may have a green context current: each is entered by one role (serving under the inference
-    lock, the refit under the refit gate)."""
-    from cuda.bindings import driver
-
-    _check(driver.cuCtxPushCurrent(context), "cuCtxPushCurrent")
-    try:
-        yield
-    finally:
-        _check(driver.cuCtxPopCurrent(), "cuCtxPopCurrent")
+    return Partition(refit=stream, refit_sms=int(groups[0].sm.smCount), total_sms=total, context=green)
 
 
 def _check(answer: Any, call: str) -> Any:

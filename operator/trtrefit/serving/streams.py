@@ -1,7 +1,7 @@
 """CUDA streams in a live server: inference (the serving copy's) on the highest priority PyTorch allows,
 refit work (copying new weights to the device, staging them, the verification reference, the standby
-copy's refit and verification run) on the lowest; optionally a refit's PyTorch work, or all of it with
-the standby copy's engines, on SMs of its own (serving/partition.py, `trtrefit serve --refit-sms`).
+copy's refit and verification run) on the lowest; optionally a refit's PyTorch work on SMs of its own
+(serving/partition.py, `trtrefit serve --refit-sms`).
 
 A stream of its own alone did not help requests (bench/results/hot_refit.md): at equal priority the GPU's
 block scheduler serves kernels first come, first served, so a request waited behind refit kernels already
@@ -39,20 +39,12 @@ def _priorities() -> tuple[int, int]:
 
 
 def serving_stream(device: str) -> torch.cuda.Stream:
-    """The serving copy's inference, engines included: the highest priority, on every SM, or on those
-    the refit leaves when its engines have SMs of their own."""
-    partition = _PARTITIONS.get(device)
-    if partition is not None and partition.serving is not None:
-        return partition.serving
+    """The serving copy's inference, engines included: the highest priority, every SM."""
     return _whole_gpu_stream(device, _priorities()[1])
 
 
 def standby_stream(device: str) -> torch.cuda.Stream:
-    """The standby copy's refit and verification run (its engines): the lowest priority, on every SM, or
-    with the rest of the refit's work when its engines have SMs of their own."""
-    partition = _PARTITIONS.get(device)
-    if partition is not None and partition.serving is not None:
-        return partition.refit
+    """The standby copy's refit and verification run (its engines): the lowest priority, every SM."""
     return _whole_gpu_stream(device, _priorities()[0])
 
 
@@ -63,33 +55,17 @@ def refit_stream(device: str) -> torch.cuda.Stream:
     return partition.refit if partition else _whole_gpu_stream(device, _priorities()[0])
 
 
-def use_partition(device: str, refit_sms: int | None, *, engines: bool = False) -> Partition | None:
-    """From now on, a refit's PyTorch work (with `engines`, the standby's engines too, and the serving
-    copy on the other SMs) on `refit_sms` SMs of its own (serving/partition.py), or on the whole GPU again
-    (None). Only the streams asked for afterwards change: the server sets it before loading, the
-    benchmark between refits."""
+def use_partition(device: str, refit_sms: int | None) -> Partition | None:
+    """From now on, a refit's PyTorch work on `refit_sms` SMs of its own (serving/partition.py), or on the
+    whole GPU again (None). Only the streams asked for afterwards change: the server sets it before
+    loading, the benchmark between refits."""
     if refit_sms is None:
         _PARTITIONS.pop(device, None)
         return None
     from trtrefit.serving.partition import split
 
-    _PARTITIONS[device] = split(device, refit_sms, _priorities(), engines=engines)
+    _PARTITIONS[device] = split(device, refit_sms, _priorities()[0])
     return _PARTITIONS[device]
-
-
-@contextmanager
-def entered(stream: torch.cuda.Stream | None) -> Iterator[None]:
-    """The green context `stream` belongs to made current for the block, so TensorRT runs an engine in
-    the context of the stream it is given (serving/partition.py); a no-op for any other stream."""
-    contexts = {handle: c for partition in _PARTITIONS.values() for handle, c in partition.contexts.items()}
-    context = contexts.get(stream.cuda_stream) if stream is not None else None
-    if context is None:
-        yield
-        return
-    from trtrefit.serving.partition import entered as enter_context
-
-    with enter_context(context):
-        yield
 
 
 _PARTITIONS: dict[str, Partition] = {}
@@ -129,7 +105,7 @@ def run_on_stream(
 
     caller = torch.cuda.current_stream(stream.device)
     stream.wait_stream(caller)  # inputs the caller made on its stream are ready first
-    with entered(stream), torch.cuda.stream(stream):
+    with torch.cuda.stream(stream):
         outputs = run()
     caller.wait_stream(stream)
     for output in outputs:

@@ -220,8 +220,7 @@ class TensorRTLive:
         refit_async = getattr(refitter, "refit_cuda_engine_async", None)
         if refit_async is None:
             return bool(refitter.refit_cuda_engine())
-        with streams.entered(self._stream):
-            done = bool(refit_async(self._stream.cuda_stream))
+        done = bool(refit_async(self._stream.cuda_stream))
         self._stream.synchronize()
         return done
 
