@@ -6,6 +6,11 @@ background thread repeats ONE piece of the server's refit at a time, as ServingM
   check_by_tensor     the same, the file read one tensor at a time (safe_open) instead of in one call
                       (load_file), which holds the interpreter lock throughout; `_si_0.5ms` with the GIL
                       switch interval at 0.5 ms, so a request thread waits at most about that long
+  check_in_process    `check` in a process of its own (spawned once, kept): the serving process only waits
+                      for its answer; nothing comes back but a count
+  python_only         ~10 ms of pure Python bytecode, no I/O, no GPU: what any interpreter work beside
+                      the requests costs them (they give the interpreter lock up and take it back several
+                      times per request, around each GPU call)
   stage               copy the weights to the device (through page-locked memory), check finiteness there
                       and live.stage them (plan + materialize every engine weight), on the low-priority
                       refit stream
@@ -88,6 +93,8 @@ def attribute(
     }
     with switch_interval(0.0005):
         found["check_by_tensor_si_0.5ms"] = load(do_check_by_tensor, 0.0)
+    with process_pieces(files, live.expected_weights()) as pieces:
+        found |= {name: load(piece, 0.0) for name, piece in pieces.items()}
     found |= {
         "stage": load(do_stage, 0.0),
         "reference": load(do_reference, 0.0),
@@ -118,6 +125,37 @@ def equal_priority(model: Any) -> Iterator[None]:
     finally:
         with model._lock:
             pair.place_streams()
+
+
+@contextlib.contextmanager
+def process_pieces(files: list[Path], expected: dict[str, Any]) -> Iterator[dict[str, Callable[[], None]]]:
+    """`check_in_process` and `python_only` (see the module's docstring); the process is started, and
+    its imports done, before the pieces are handed out."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    turn = Turn()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(check_in_child, str(files[0]), expected).result()
+
+        def check_in_process() -> None:
+            pool.submit(check_in_child, str(files[turn.next()]), expected).result()
+
+        yield {"check_in_process": check_in_process, "python_only": python_only}
+
+
+def check_in_child(path: str, expected: dict[str, Any]) -> int:
+    from trtrefit.worker.formats import check_compatible, load_checkpoint
+
+    checkpoint = load_checkpoint(Path(path), path)
+    check_compatible(expected, checkpoint.state, "checkpoint")
+    return len(checkpoint.state)
+
+
+def python_only() -> None:
+    total = 0
+    for i in range(300_000):  # bytecode only: nothing in it gives the interpreter lock up by itself
+        total += i & 7
 
 
 @contextlib.contextmanager
