@@ -61,7 +61,8 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python3 bench/green_context_engines.py " + " ".join(sys.argv[1:]),
         "versions": versions(),
-        "n": {"runs_per_case": 1, "model": "resnet50", "batch": 8},
+        "n": {"runs_per_case": 1, "batch": 8},
+        "settings": {"model": "resnet50"},
         "compile_s": round(time.perf_counter() - started, 1),
     }
     probe = Probe(args.workdir, args.refit_sms)

@@ -3,10 +3,11 @@ weights and, above all, the reference, whose IEEE-fp32 GEMMs otherwise occupy ev
 while requests wait for them (stream priorities decide which waiting block starts next, not what already
 runs: bench/results/hot_refit.md).
 
-Only PyTorch work moves there. TensorRT's engines cannot run on a green context's stream: on TensorRT-RTX
-1.4 `enqueueV3` fails inside Myelin's cuDNN graph fusion and the outputs were wrong (measured on the H200,
-bench/results/gpu_tests_serving.junit.xml at ad243b9). So the serving copy and the standby copy's engines
-keep whole-GPU streams, and serving still has every SM: it shares only the `refit_sms` with the refit.
+Only PyTorch work moves there. TensorRT-RTX 1.4 cannot run a convolutional engine in a green context:
+`enqueueV3` fails inside Myelin's cuDNN graph fusion and the outputs are never written, whether the context
+is current or not and even when the engine and its execution context are created in it (measured on the
+H200: bench/results/green_context_engines.md). So the serving copy and the standby copy's engines keep
+whole-GPU streams, and serving still has every SM: it shares only the `refit_sms` with the refit.
 Memory, L2 and the copy engines stay shared too.
 
 Needs CUDA 12.4 or newer and `cuda-bindings` (torch depends on it on Linux); the driver rounds the count
