@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of load beside each refit stage alone (0: skip)",
     )
     parser.add_argument(
-        "--variants", default="", help="comma-separated subset of " + ", ".join(VARIANTS) + " (default: all)"
+        "--variants",
+        default="",
+        help="comma-separated subset of " + ", ".join(VARIANTS) + " (default: all; none: no variant)",
     )
     parser.add_argument(
         "--attribute-split",
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
+    unknown = set(args.variants.split(",")) - {*VARIANTS, "none", ""}
+    if unknown and not all(v.startswith("refit_sms_") for v in unknown):
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
 
     started = time.time()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="hot-refit-"))
