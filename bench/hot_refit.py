@@ -246,9 +246,11 @@ def bench_serving(
     requests = {key: request_for(name, root, f"{key}.safetensors", args) for key in "AB"}
     pinned = {key: request_for(name, root, f"{key}.safetensors", args, pinned=True) for key in "AB"}
     model = ServingModel(name, Path(tempfile.mkdtemp(prefix="serve-", dir=root)))
+    memory = {"before_start": device_used_mb()}
     started = time.perf_counter()
     first = model.start(requests["A"])
     start_s = time.perf_counter() - started
+    memory["after_start"] = device_used_mb()
     log(f"{name}: started in {start_s:.1f} s, first refit {first.timings}")
     out["start_s"] = round(start_s, 2)
     out["prime_s"] = round(first.timings.get("apply", float("nan")), 3)
@@ -280,6 +282,11 @@ def bench_serving(
         "hot_stages_ms_median": stage_medians(hot),
         "hot_refits": len(hot),
     }
+    memory["after_hot_refits"] = device_used_mb()
+    out |= {
+        "gpu_memory_mb": memory,
+        "server_gpu_memory_mb": memory["after_hot_refits"] - memory["before_start"],
+    }
     hot_pinned = hot_refits(pinned)
     log(f"{name}: hot refits, pinned {[round(t['total'], 3) for t in hot_pinned]}")
     out |= {
@@ -298,12 +305,31 @@ def bench_serving(
     }
     save()
 
+    out |= load_phases(model, inputs, served, requests, args, name=name, lock_ms=lock_ms)
+    save()
+    out["refitting_variants"] = guarded(lambda: variants(model, inputs, served, requests, args))
+    save()
+    if args.attribute_s > 0:
+        attributions(model, root, inputs, served, args, out=out, save=save)
+
+
+def load_phases(
+    model: Any,
+    inputs: list[Any],
+    served: dict[str, list[Any]],
+    requests: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    name: str,
+    lock_ms: float,
+) -> dict[str, Any]:
+    """The client load idle, then while refits alternate back to back."""
     think_s = args.think_ms / 1000
     idle = Load(model, inputs, served, think_s).run(args.clients, args.load_s, None)
     log(f"{name}: idle load {idle['requests']} requests, p99 {idle['p99_ms']} ms")
     under_load = refitting_phase(model, inputs, served, requests, args)
     log(f"{name}: load while refitting {under_load['requests']} requests, p99 {under_load['p99_ms']} ms")
-    out |= {
+    return {
         "infer_p50_ms_idle": idle["p50_ms"],
         "infer_p99_ms_idle": idle["p99_ms"],
         "infer_p50_ms_refitting": under_load["p50_ms"],
@@ -319,11 +345,19 @@ def bench_serving(
         "failures": (idle["failures"] + under_load["failures"])[:5],
         "p99_refitting_le_idle_plus_lock": under_load["p99_ms"] <= idle["p99_ms"] + lock_ms,
     }
-    save()
-    out["refitting_variants"] = guarded(lambda: variants(model, inputs, served, requests, args))
-    save()
-    if args.attribute_s > 0:
-        attributions(model, root, inputs, served, args, out=out, save=save)
+
+
+def device_used_mb() -> int:
+    """GPU memory in use on the device (every allocation of the process, TensorRT's too), after PyTorch's
+    cache gives back what it holds unused; 0 off CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    return round((total - free) / 2**20)
 
 
 def copies_alike(model: Any, inputs: list[Any], serving: list[Any]) -> bool:
@@ -771,6 +805,7 @@ def render(result: dict[str, Any]) -> str:
             "hot refit total, a file never seen before, median: all / pinned (s)",
             ("hot_total_s_median_new_file", "hot_total_s_median_new_file_pinned"),
         ),
+        ("GPU memory the server holds after its hot refits (MB)", "server_gpu_memory_mb"),
         ("lock held (the swap), median (ms)", "hot_lock_ms_median"),
         ("the two copies compute bit for bit alike", "copies_bitwise_equal"),
         ("inference p50 / p99 idle (ms)", ("infer_p50_ms_idle", "infer_p99_ms_idle")),

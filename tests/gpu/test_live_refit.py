@@ -269,6 +269,56 @@ def test_a_bad_checkpoint_is_refused_and_what_serves_is_untouched(case: LiveCase
     assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
 
 
+def test_a_copy_without_put_back_holds_no_staged_weights_and_refuses_to_run_after_a_failed_refit(
+    case: LiveCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's copies (put_back=False): once applied, the staged weights belong to the caller alone, so
+    dropping them frees their GPU memory; a refit that fails half-way leaves the copy refusing to run until
+    a refit passes. The failure is injected (TensorRT's set call, mocked to raise after setting every
+    weight): a real Refitter cannot be made to fail half-way on demand."""
+    import gc
+
+    import torch
+
+    from trtrefit.serving.tensorrt import LiveRefitError, TensorRTLive
+    from trtrefit.worker.backends.tensorrt.backend import set_weights
+
+    if case.name == "vit_b_16":
+        pytest.skip("resnet50 and the partitioned program cover it; vit_b_16 primes for 10 s")
+    live = TensorRTLive(case.engine, str(case.engine), case.source, "cuda", put_back=False)
+    staged = live.stage(case.checkpoints["A"])
+    live.apply(staged)
+    check_serves(case, live, "A")
+    with pytest.raises(RuntimeError, match="keeps no previous weights"):
+        live.current()
+    kept = {t.untyped_storage().data_ptr() for t in case.checkpoints["A"].values() if t.is_cuda}
+    own = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for values in staged.engines or ()
+        for t in values.values()
+        if t.untyped_storage().data_ptr() not in kept
+    }
+    assert own, "the staged values share every storage with the checkpoint: nothing to free"
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    del staged
+    gc.collect()
+    assert before - torch.cuda.memory_allocated() >= sum(own.values())
+
+    def set_then_fail(*args: Any, **kwargs: Any) -> None:
+        set_weights(*args, **kwargs)
+        raise RuntimeError("injected: the refit failed after the weights were set")
+
+    monkeypatch.setattr("trtrefit.serving.tensorrt.set_weights", set_then_fail)
+    with pytest.raises(LiveRefitError, match="keeps no previous weights"):
+        live.apply(live.stage(case.checkpoints["B"]))
+    with pytest.raises(LiveRefitError, match="runs again only after a refit passes"):
+        live.infer(case.inputs)
+    monkeypatch.undo()
+    live.apply(live.stage(case.checkpoints["B"]))
+    check_serves(case, live, "B")
+
+
 def test_rolling_back_to_the_compiled_weights(case: LiveCase) -> None:
     """Before the first refit, current() is the compiled-in weights, which an engine cannot hand back:
     applying it after a refit deserializes the engines again (fresh Refitters)."""

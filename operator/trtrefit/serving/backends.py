@@ -26,7 +26,9 @@ def open_live(
     if kind == "tensorrt":
         from trtrefit.serving.tensorrt import TensorRTLive
 
-        live: LiveProgram = TensorRTLive(engine_path, label, source_program, device)
+        # One of the server's two copies: a failed refit is never promoted, so it keeps no put-back
+        # (which would hold one more copy of the weights on the GPU).
+        live: LiveProgram = TensorRTLive(engine_path, label, source_program, device, put_back=False)
         return live
     if kind == "exported":
         from trtrefit.serving.exported import ExportedLive

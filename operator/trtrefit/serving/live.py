@@ -8,9 +8,10 @@ keep flowing, and the two are swapped once the refit is verified. On the standby
     live.apply(staged)                               # set + refit: milliseconds once primed
     outputs = live.infer(verify_inputs)              # compared with the PyTorch reference
 
-`apply` never leaves a half-refitted program behind: when it raises, it has put the previous weights back
-itself or the program is unchanged. The tests and the GPU benchmark also drive one copy directly, with
-`current()` to go back to the weights it had.
+When `apply` raises, the program is unchanged, or it has put the previous weights back itself, or (the
+server's TensorRT copies, which keep no put-back: it would hold one more copy of the weights on the GPU)
+it refuses to run until an `apply` passes; the pair never promotes such a copy. The tests and the GPU
+benchmark also drive one copy directly, with `current()` to go back to the weights it had.
 """
 
 from __future__ import annotations

@@ -85,7 +85,19 @@ class TensorRTLive:
 
     backend = "tensorrt"
 
-    def __init__(self, engine_path: Path, label: str, source: ExportedProgram | None, device: str) -> None:
+    def __init__(
+        self,
+        engine_path: Path,
+        label: str,
+        source: ExportedProgram | None,
+        device: str,
+        *,
+        put_back: bool = True,
+    ) -> None:
+        """With `put_back`, the copy keeps what it was last refitted from (one more copy of the weights on
+        the GPU) so a failed `apply` can restore it; without, a failed `apply` leaves the copy refusing to
+        run until an `apply` passes. The server's standby pair needs no put-back: a standby that failed is
+        never promoted, and its next refit sets every weight."""
         if not device.startswith("cuda") or not torch.cuda.is_available():
             raise WorkerError(f"engine {label}: a TensorRT program needs a CUDA device (got {device!r})")
         self.device = device
@@ -106,7 +118,11 @@ class TensorRTLive:
         self._engines = self._swap_engines()
         self._torch_names = self._torch_side_names(read_weight_shapes(engine_path))
         self._refitted = False  # whether any engine holds weights other than those compiled in
-        self._current = TensorRTStaged(id(self), None, self._torch_side_tensors())
+        self._put_back = put_back
+        self._current: TensorRTStaged | None = (
+            TensorRTStaged(id(self), None, self._torch_side_tensors()) if put_back else None
+        )
+        self._broken: str | None = None  # why the copy refuses to run: an apply failed without a put-back
 
     # -- LiveProgram --------------------------------------------------------------------------------
 
@@ -135,6 +151,8 @@ class TensorRTLive:
         return TensorRTStaged(id(self), tuple(engines), torch_side)
 
     def current(self) -> TensorRTStaged:
+        if self._current is None:
+            raise RuntimeError(f"engine {self._label}: this copy keeps no previous weights (put_back=False)")
         return self._current
 
     def apply(self, staged: Any) -> None:
@@ -149,6 +167,11 @@ class TensorRTLive:
             self._apply_engines(staged)
         except (FastPathError, WorkerError, RuntimeError, TypeError, ValueError) as exc:
             message = f"engine {self._label}: refit failed: {' '.join(str(exc).split())}"
+            if previous is None:
+                self._broken = message
+                raise LiveRefitError(
+                    f"{message}; this copy keeps no previous weights and runs again only after a refit passes"
+                ) from exc
             if self._refitted and previous is not staged:
                 try:
                     self._apply_engines(previous)
@@ -159,11 +182,15 @@ class TensorRTLive:
                 message += "; the previous weights are back"
             raise LiveRefitError(message) from exc
         self._rebind(staged.torch_side)
-        self._current = staged
+        self._current = staged if self._put_back else None
+        self._broken = None
 
     def infer(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Runs on the stream `run_on` set (the serving stream until then)."""
         from torch.utils import _pytree
+
+        if self._broken is not None:
+            raise LiveRefitError(f"{self._broken}; this copy runs again only after a refit passes")
 
         def run() -> list[torch.Tensor]:
             result = self._module(*(t.to(self.device) for t in inputs))
