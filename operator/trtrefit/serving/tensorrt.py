@@ -170,7 +170,8 @@ class TensorRTLive:
             if previous is None:
                 self._broken = message
                 raise LiveRefitError(
-                    f"{message}; this copy keeps no previous weights and runs again only after a refit passes"
+                    f"{message}; the copy that took it keeps no previous weights and runs again only after "
+                    "a refit passes"
                 ) from exc
             if self._refitted and previous is not staged:
                 try:
@@ -190,7 +191,9 @@ class TensorRTLive:
         from torch.utils import _pytree
 
         if self._broken is not None:
-            raise LiveRefitError(f"{self._broken}; this copy runs again only after a refit passes")
+            raise LiveRefitError(
+                f"{self._broken}; the copy that took it runs again only after a refit passes"
+            )
 
         def run() -> list[torch.Tensor]:
             result = self._module(*(t.to(self.device) for t in inputs))
