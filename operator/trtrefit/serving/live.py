@@ -43,7 +43,8 @@ class LiveProgram(Protocol):
         ...
 
     def current(self) -> Staged:
-        """The weights serving now, as a Staged that `apply` can put back (holds references, no copy)."""
+        """The weights serving now, as a Staged that `apply` can put back (holds references, no copy).
+        A TensorRT copy made without put-back (the server's) keeps none: RuntimeError."""
         ...
 
     def apply(self, staged: Staged) -> None:
