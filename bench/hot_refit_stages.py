@@ -40,6 +40,30 @@ def attribute(
 ) -> dict[str, Any]:
     """p50/p99/max inference latency (ms) and the piece's own median seconds, per piece; `load(piece)` runs
     the client load while a thread repeats `piece` (pausing `pause_s` between two runs)."""
+    pieces = refit_pieces(model, root, inputs)
+    found = {
+        "check": load(pieces["check"], 0.0),
+        "check_by_tensor": load(pieces["check_by_tensor"], 0.0),
+    }
+    with switch_interval(0.0005):
+        found["check_by_tensor_si_0.5ms"] = load(pieces["check_by_tensor"], 0.0)
+    with process_pieces(
+        [root / "A.safetensors", root / "B.safetensors"], model._loaded.live.expected_weights()
+    ) as more:
+        found |= {name: load(piece, 0.0) for name, piece in more.items()}
+    found |= {
+        "stage": load(pieces["stage"], 0.0),
+        "reference": load(pieces["reference"], 0.0),
+    }
+    with equal_priority(model):
+        found["reference_equal_priority"] = load(pieces["reference"], 0.0)
+    found["standby"] = load(pieces["standby"], PAUSE_S["standby"])
+    return found
+
+
+def refit_pieces(model: Any, root: Path, inputs: list[Any]) -> dict[str, Callable[[], None]]:
+    """The pieces of a refit the module's docstring lists, each alternating checkpoints A and B, run on a
+    started `ServingModel`'s loaded program (bench/two_process_mps.py runs them in a process of their own)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -87,22 +111,13 @@ def attribute(
         outputs = live.verify_run(inputs)
         del outputs
 
-    found = {
-        "check": load(do_check, 0.0),
-        "check_by_tensor": load(do_check_by_tensor, 0.0),
+    return {
+        "check": do_check,
+        "check_by_tensor": do_check_by_tensor,
+        "stage": do_stage,
+        "reference": do_reference,
+        "standby": do_standby,
     }
-    with switch_interval(0.0005):
-        found["check_by_tensor_si_0.5ms"] = load(do_check_by_tensor, 0.0)
-    with process_pieces(files, live.expected_weights()) as pieces:
-        found |= {name: load(piece, 0.0) for name, piece in pieces.items()}
-    found |= {
-        "stage": load(do_stage, 0.0),
-        "reference": load(do_reference, 0.0),
-    }
-    with equal_priority(model):
-        found["reference_equal_priority"] = load(do_reference, 0.0)
-    found["standby"] = load(do_standby, STANDBY_SPACING_S)
-    return found
 
 
 @contextlib.contextmanager
@@ -199,8 +214,9 @@ class Turn:
         return self._i % 2
 
 
-# A real refit spends its fetch, check, stage and reference (~0.1-0.5 s) between two standby refits.
-STANDBY_SPACING_S = 0.1
+# Seconds between two runs of a piece: a real refit spends its fetch, check, stage and reference
+# (~0.1-0.5 s) between two standby refits.
+PAUSE_S = {"standby": 0.1}
 
 
 def timed_loop(piece: Callable[[], None], stop: Any, seconds: list[float], pause_s: float = 0.0) -> None:

@@ -13,8 +13,11 @@ requests before it is built. Per model, per GPU-sharing setup, in fresh processe
             all of a refit's work; the design's route switch (the lock) is not part of it.
 
 Phases in the serving process: idle (the refitter loaded, waiting), two_process (the refitter
-refitting), idle again, then in_process (the serving model refitting itself, as `trtrefit serve` does
-today) under the same setup, for a comparison from the same run.
+refitting), then with --pieces one phase per piece (the refitter repeating ONE piece of a refit, as
+bench/hot_refit_stages.py defines them: check, stage, reference, standby), idle again, then in_process
+(the serving model refitting itself, as `trtrefit serve` does today) under the same setup, for a
+comparison from the same run. The pieces say which of a refit's GPU work still reaches requests when
+neither the interpreter lock nor (under mps_split_N) the SMs are shared.
 
 Setups: time_slice (no MPS: two CUDA contexts, which the GPU time-slices), mps (an MPS control daemon
 started for the run, both processes its clients), mps_refit_N (the refitter limited to N% of the SMs
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--think-ms", type=float, default=2.0)
     parser.add_argument("--load-s", type=float, default=5.0)
+    parser.add_argument("--pieces", default="", help="e.g. check,stage,reference,standby (none by default)")
     parser.add_argument("--backend", default="tensorrt")
     parser.add_argument("--commit", default=os.environ.get("TRTREFIT_COMMIT", "unknown"))
     parser.add_argument("--workdir", type=Path, default=None)
@@ -117,7 +121,12 @@ def drive(args: argparse.Namespace, argv: list[str] | None) -> int:
         "command": "python3 bench/two_process_mps.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "versions": {},  # from the first prepare child: this process keeps CUDA uninitialised
         "machine": machine(),
-        "n": {"clients": args.clients, "load_s": args.load_s, "setups": args.setups.split(",")},
+        "n": {
+            "clients": args.clients,
+            "load_s": args.load_s,
+            "setups": args.setups.split(","),
+            "pieces": pieces_of(args),
+        },
         "settings": {"batch": args.batch, "think_ms": args.think_ms},
         "mps_control": shutil.which(MPS_CONTROL),
         "compute_mode": query_gpu("compute_mode"),
@@ -163,6 +172,7 @@ def child(
     command = [sys.executable, __file__, "--role", role, "--models", name, "--setups", setup or "time_slice"]
     command += ["--batch", str(args.batch), "--clients", str(args.clients), "--think-ms", str(args.think_ms)]
     command += ["--load-s", str(args.load_s), "--workdir", str(args.workdir), "--backend", args.backend]
+    command += ["--pieces", args.pieces]
     if result is not None:
         command += ["--result", str(result)]
     subprocess.run(command, check=True, env=env, timeout=900)
@@ -257,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
     env = os.environ | ({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(refit_share)} if refit_share else {})
     command = [sys.executable, __file__, "--role", "refitter", "--models", name, "--setups", setup]
     command += ["--batch", str(args.batch), "--workdir", str(args.workdir), "--backend", args.backend]
+    command += ["--pieces", args.pieces]
     other = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert other.stdin is not None and other.stdout is not None
     started = time.perf_counter()
@@ -283,6 +294,17 @@ def serve(args: argparse.Namespace) -> int:
     other.stdin.write("stop\n")
     other.stdin.flush()
     found["refitter"] = json.loads(other.stdout.readline())
+    found["pieces"] = {}
+    for piece in pieces_of(args):
+        other.stdin.write(f"go {piece}\n")
+        other.stdin.flush()
+        if other.stdout.readline().strip() != "refitting":
+            raise SystemExit(f"{name}: the refitter process did not start {piece}")
+        latency = phase(Load(model, inputs, served, think_s).run(args.clients, args.load_s, None))
+        other.stdin.write("stop\n")
+        other.stdin.flush()
+        found["pieces"][piece] = {"latency": latency, "refitter": json.loads(other.stdout.readline())}
+    other.stdin.close()  # the refitter exits at the end of its input
     other.wait(timeout=120)
     found["idle_after"] = phase(Load(model, inputs, served, think_s).run(args.clients, args.load_s, None))
     in_process = refitting_phase(model, inputs, served, requests, args)
@@ -308,22 +330,61 @@ def gpu_processes() -> list[str]:
 
 
 def refitter(args: argparse.Namespace) -> int:
-    """Start, say `ready`; on `go` refit B, A, ... back to back until `stop`; then one JSON line."""
-    from trtrefit.api.result import Outcome
+    """Start, say `ready`; then per `go` (refit B, A, ... back to back) or `go PIECE` (repeat one piece
+    of a refit) say `refitting`, work until `stop` and answer one JSON line; exit at the end of input."""
+    from hot_refit_stages import PAUSE_S, refit_pieces, timed_loop
+    from trtrefit.worker.inputs import load_inputs
 
     model, requests = started_model(args)
+    pieces: dict[str, Any] = {}
+    if pieces_of(args):
+        device = "cuda" if args.backend == "tensorrt" else "cpu"
+        inputs = [
+            t.to(device) for t in load_inputs(args.workdir / args.models / "inputs.safetensors", "inputs")
+        ]
+        pieces = refit_pieces(model, args.workdir / args.models, inputs)
     print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        return 1
-    stop = threading.Event()
-
-    def wait_for_stop() -> None:
-        sys.stdin.readline()
+    for line in sys.stdin:
+        command = line.split()
+        if command[:1] != ["go"]:
+            continue
+        stop = threading.Event()
+        if len(command) == 1:
+            timings: list[dict[str, float]] = []
+            failures: list[str] = []
+            work = threading.Thread(target=refit_loop, args=(model, requests, stop, timings, failures))
+        else:
+            seconds: list[float] = []
+            pause = PAUSE_S.get(command[1], 0.0)
+            work = threading.Thread(target=timed_loop, args=(pieces[command[1]], stop, seconds, pause))
+        work.start()
+        print("refitting", flush=True)
+        sys.stdin.readline()  # stop
         stop.set()
+        work.join()
+        if len(command) == 1:
+            answer = {
+                "refits": len(timings),
+                "failures": failures[:5],
+                "total_s_median": round(median([t["total"] for t in timings]), 4) if timings else None,
+                "stages_ms_median": stage_medians(timings) if timings else None,
+            }
+        else:
+            answer = {
+                "runs": len(seconds),
+                "median_ms": round(median(seconds) * 1000, 2) if seconds else None,
+            }
+        print(json.dumps(answer), flush=True)
+    return 0
 
-    threading.Thread(target=wait_for_stop, daemon=True).start()
-    print("refitting", flush=True)
-    timings, failures, index = [], [], 0
+
+def refit_loop(
+    model: Any, requests: dict[str, Any], stop: threading.Event, timings: list[Any], failures: list[str]
+) -> None:
+    """Whole refits, B, A, B, ... until `stop`."""
+    from trtrefit.api.result import Outcome
+
+    index = 0
     while not stop.is_set():
         key = "B" if index % 2 == 0 else "A"
         result = model.refit(requests[key])
@@ -332,18 +393,10 @@ def refitter(args: argparse.Namespace) -> int:
         else:
             failures.append(f"{key}: {result.outcome.value}: {result.message}"[:300])
         index += 1
-    print(
-        json.dumps(
-            {
-                "refits": len(timings),
-                "failures": failures[:5],
-                "total_s_median": round(median([t["total"] for t in timings]), 4) if timings else None,
-                "stages_ms_median": stage_medians(timings) if timings else None,
-            }
-        ),
-        flush=True,
-    )
-    return 0
+
+
+def pieces_of(args: argparse.Namespace) -> list[str]:
+    return [piece for piece in args.pieces.split(",") if piece]
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -387,6 +440,28 @@ def render(result: dict[str, Any]) -> str:
                 f"({other['refits']}; {other['total_s_median']}) | {cell(found['idle_after'])} "
                 f"| {cell(found['in_process'])} ({found['in_process']['refits']}) |"
             )
+    pieces = [
+        (n, setup, f)
+        for n, setups in result["models"].items()
+        for setup, f in setups.items()
+        if f.get("pieces")
+    ]
+    if pieces:
+        lines += [
+            "",
+            "Inference latency in the serving process beside the refitter process repeating ONE piece of a "
+            "refit (ms, p50 / p99 / max; requests; failed; the piece's runs and own median ms):",
+            "",
+            "| model | setup | piece | latency | the piece |",
+            "|---|---|---|---|---|",
+        ]
+        for name, setup, found in pieces:
+            for piece, measured in found["pieces"].items():
+                other = measured["refitter"]
+                lines.append(
+                    f"| {name} | {setup} | {piece} | {cell(measured['latency'])} "
+                    f"| {other['runs']} runs, {other['median_ms']} ms |"
+                )
     lines += ["", "MPS evidence (nvidia-smi process rows, M+C = an MPS client; the control log's tail):", ""]
     for name, setups in result["models"].items():
         for setup, found in setups.items():
