@@ -80,7 +80,7 @@ def refit_pieces(model: Any, root: Path, inputs: list[Any]) -> dict[str, Callabl
     states = [load_file(str(f)) for f in files]
     with streams.refit_work(device):
         on_device = [{name: t.to(device) for name, t in state.items()} for state in states]
-    staged = [live.stage(s) for s in on_device]
+    staged: dict[tuple[int, int], Any] = {}
     turn = Turn()
 
     def do_check() -> None:
@@ -107,7 +107,12 @@ def refit_pieces(model: Any, root: Path, inputs: list[Any]) -> dict[str, Callabl
         del outputs
 
     def do_standby() -> None:  # never promoted: the serving copy keeps what it serves
-        live.load(staged[turn.next()])
+        index = turn.next()
+        # staged weights belong to the copy that staged them; the standby changes with every promotion
+        key = (id(live.standby), index)
+        if key not in staged:
+            staged[key] = live.stage(on_device[index])
+        live.load(staged[key])
         outputs = live.verify_run(inputs)
         del outputs
 

@@ -332,7 +332,7 @@ def gpu_processes() -> list[str]:
 def refitter(args: argparse.Namespace) -> int:
     """Start, say `ready`; then per `go` (refit B, A, ... back to back) or `go PIECE` (repeat one piece
     of a refit) say `refitting`, work until `stop` and answer one JSON line; exit at the end of input."""
-    from hot_refit_stages import PAUSE_S, refit_pieces, timed_loop
+    from hot_refit_stages import PAUSE_S, refit_pieces
     from trtrefit.worker.inputs import load_inputs
 
     model, requests = started_model(args)
@@ -349,6 +349,7 @@ def refitter(args: argparse.Namespace) -> int:
         if command[:1] != ["go"]:
             continue
         stop = threading.Event()
+        errors: list[str] = []
         if len(command) == 1:
             timings: list[dict[str, float]] = []
             failures: list[str] = []
@@ -356,7 +357,9 @@ def refitter(args: argparse.Namespace) -> int:
         else:
             seconds: list[float] = []
             pause = PAUSE_S.get(command[1], 0.0)
-            work = threading.Thread(target=timed_loop, args=(pieces[command[1]], stop, seconds, pause))
+            work = threading.Thread(
+                target=piece_loop, args=(pieces[command[1]], stop, seconds, pause, errors)
+            )
         work.start()
         print("refitting", flush=True)
         sys.stdin.readline()  # stop
@@ -373,6 +376,7 @@ def refitter(args: argparse.Namespace) -> int:
             answer = {
                 "runs": len(seconds),
                 "median_ms": round(median(seconds) * 1000, 2) if seconds else None,
+                "error": errors[0] if errors else None,
             }
         print(json.dumps(answer), flush=True)
     return 0
@@ -393,6 +397,18 @@ def refit_loop(
         else:
             failures.append(f"{key}: {result.outcome.value}: {result.message}"[:300])
         index += 1
+
+
+def piece_loop(
+    piece: Any, stop: threading.Event, seconds: list[float], pause_s: float, errors: list[str]
+) -> None:
+    """timed_loop, with the error that ended it recorded: a failing piece is a result, not a silent 0 runs."""
+    from hot_refit_stages import timed_loop
+
+    try:
+        timed_loop(piece, stop, seconds, pause_s)
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
 
 def pieces_of(args: argparse.Namespace) -> list[str]:
@@ -460,7 +476,7 @@ def render(result: dict[str, Any]) -> str:
                 other = measured["refitter"]
                 lines.append(
                     f"| {name} | {setup} | {piece} | {cell(measured['latency'])} "
-                    f"| {other['runs']} runs, {other['median_ms']} ms |"
+                    f"| {other['runs']} runs, {other['median_ms']} ms{failed(other)} |"
                 )
     lines += ["", "MPS evidence (nvidia-smi process rows, M+C = an MPS client; the control log's tail):", ""]
     for name, setups in result["models"].items():
@@ -470,6 +486,10 @@ def render(result: dict[str, Any]) -> str:
             if found.get("mps_control_log"):
                 lines.append(f"  - control log: {' / '.join(found['mps_control_log'][-4:])}")
     return "\n".join(lines) + "\n"
+
+
+def failed(piece: dict[str, Any]) -> str:
+    return f"; stopped by {piece['error']}" if piece.get("error") else ""
 
 
 def cell(found: dict[str, Any]) -> str:
