@@ -207,4 +207,4 @@ def test_serving_image_has_the_serve_extra_and_torch_tensorrt() -> None:
     assert '".[worker,serve,tensorrt,gcs]"' in " ".join(_values(stages["wheels-serving"], "RUN"))
     assert "8080" in _values(stages["serving"], "EXPOSE")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {dep.split("==")[0] for dep in extras["serve"]} == {"fastapi", "uvicorn"}
+    assert {dep.split("==")[0] for dep in extras["serve"]} == {"fastapi", "starlette", "uvicorn"}
