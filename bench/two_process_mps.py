@@ -121,13 +121,13 @@ def drive(args: argparse.Namespace, argv: list[str] | None) -> int:
         "command": "python3 bench/two_process_mps.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "versions": {},  # from the first prepare child: this process keeps CUDA uninitialised
         "machine": machine(),
-        "n": {
-            "clients": args.clients,
-            "load_s": args.load_s,
+        "n": {"clients": args.clients, "load_s": args.load_s},
+        "settings": {
+            "batch": args.batch,
+            "think_ms": args.think_ms,
             "setups": args.setups.split(","),
             "pieces": pieces_of(args),
         },
-        "settings": {"batch": args.batch, "think_ms": args.think_ms},
         "mps_control": shutil.which(MPS_CONTROL),
         "compute_mode": query_gpu("compute_mode"),
         "models": models,
@@ -437,7 +437,8 @@ def render(result: dict[str, Any]) -> str:
         f"versions {json.dumps(result['versions'])}; compute mode {result['compute_mode']}; "
         f"{MPS_CONTROL}: {result['mps_control']}.",
         "",
-        f"Command: `{result['command']}` (n: {json.dumps(result['n'])}; wall {result.get('wall_s')} s).",
+        f"Command: `{result['command']}` (n: {json.dumps(result['n'])}; "
+        f"settings: {json.dumps(result['settings'])}; wall {result.get('wall_s')} s).",
         "",
         "Inference latency in the serving process (ms, p50 / p99 / max; requests; failed):",
         "",
