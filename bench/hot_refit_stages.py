@@ -116,13 +116,9 @@ def refit_pieces(model: Any, root: Path, inputs: list[Any]) -> dict[str, Callabl
         outputs = live.verify_run(inputs)
         del outputs
 
-    return {
-        "check": do_check,
-        "check_by_tensor": do_check_by_tensor,
-        "stage": do_stage,
-        "reference": do_reference,
-        "standby": do_standby,
-    }
+    return dict(
+        zip(REFIT_PIECES, (do_check, do_check_by_tensor, do_stage, do_reference, do_standby), strict=True)
+    )
 
 
 @contextlib.contextmanager
@@ -218,6 +214,9 @@ class Turn:
         self._i += 1
         return self._i % 2
 
+
+# What `refit_pieces` returns, by name.
+REFIT_PIECES = ("check", "check_by_tensor", "stage", "reference", "standby")
 
 # Seconds between two runs of a piece: a real refit spends its fetch, check, stage and reference
 # (~0.1-0.5 s) between two standby refits.

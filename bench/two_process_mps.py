@@ -61,6 +61,7 @@ from hot_refit import (
     stage_medians,
     versions,
 )
+from hot_refit_stages import REFIT_PIECES
 
 SETUPS = ("time_slice", "mps", "mps_refit_25", "mps_split_25")
 MPS_CONTROL = "nvidia-cuda-mps-control"
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     for setup in args.setups.split(","):
         if setup not in ("time_slice", "mps") and sharing(setup) == (None, None):
             parser.error(f"--setups: unknown {setup!r}")
+    for piece in pieces_of(args):
+        if piece not in REFIT_PIECES:
+            parser.error(f"--pieces: unknown {piece!r} (known: {', '.join(REFIT_PIECES)})")
     args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="two-process-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.role == "prepare":
