@@ -47,9 +47,7 @@ def attribute(
     }
     with switch_interval(0.0005):
         found["check_by_tensor_si_0.5ms"] = load(pieces["check_by_tensor"], 0.0)
-    with process_pieces(
-        [root / "A.safetensors", root / "B.safetensors"], model._loaded.live.expected_weights()
-    ) as more:
+    with process_pieces(checkpoint_files(root), model._loaded.live.expected_weights()) as more:
         found |= {name: load(piece, 0.0) for name, piece in more.items()}
     found |= {
         "stage": load(pieces["stage"], 0.0),
@@ -76,7 +74,7 @@ def refit_pieces(model: Any, root: Path, inputs: list[Any]) -> dict[str, Callabl
     live, reference = loaded.live, loaded.reference
     device = live.device
 
-    files = [root / "A.safetensors", root / "B.safetensors"]
+    files = checkpoint_files(root)
     states = [load_file(str(f)) for f in files]
     with streams.refit_work(device):
         on_device = [{name: t.to(device) for name, t in state.items()} for state in states]
@@ -213,6 +211,11 @@ class Turn:
     def next(self) -> int:
         self._i += 1
         return self._i % 2
+
+
+def checkpoint_files(root: Path) -> list[Path]:
+    """Checkpoints A and B, as hot_refit.py writes them; `Turn` alternates between them."""
+    return [root / "A.safetensors", root / "B.safetensors"]
 
 
 # What `refit_pieces` returns, by name.
